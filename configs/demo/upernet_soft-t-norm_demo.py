@@ -1,0 +1,77 @@
+# UperNet with SOFT-Tiny-Norm, trained from scratch on the synthetic ADE20K-style demo data
+# (python tools/misc/make_demo_data.py) on the CPU. Label 0 is background and is a real class here.
+_base_ = [
+    'mmseg::_base_/models/upernet_r50.py',
+    'mmseg::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmsoft'], allow_failed_imports=False)
+
+data_root = 'data/demo/ade/'
+classes = ('background', 'circle', 'square', 'triangle')
+metainfo = dict(classes=classes, palette=[(40, 40, 40), (220, 20, 60), (0, 128, 255), (60, 180, 75)])
+img_size = 128
+max_iters = 600
+crop_size = (img_size, img_size)
+norm_cfg = dict(type='BN', requires_grad=True)
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='mmsoft.SOFT',
+        arch='tiny',
+        sym_norm=True,
+        drop_path_rate=0.0,
+        init_cfg=None),
+    decode_head=dict(in_channels=[64, 128, 320, 512], channels=128, num_classes=len(classes), norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=320, in_index=2, channels=64, num_classes=len(classes), norm_cfg=norm_cfg))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='PackSegInputs'),
+]
+dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.png',
+               seg_map_suffix='.png', reduce_zero_label=False)
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(**dataset, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(**dataset, data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
+    paramwise_cfg=dict(custom_keys=dict(pos_embed=dict(decay_mult=0.0), norm=dict(decay_mult=0.0))),
+    clip_grad=dict(max_norm=10.0, norm_type=2))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=1e-5),
+]
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)

@@ -1,0 +1,242 @@
+// CPU kernels of the fused SOFT attention core.
+//
+// Strategy: N is cut into row blocks; for each block the (rows x m) tile of A is built in an acc-dtype
+// scratch buffer with one GEMM of augmented operands,
+//     [q, -|q|^2/2, 1] . [k, 1, -|k|^2/2]^T = -|q - k|^2 / 2,
+// followed by clamp + exp (ATen's vectorised kernels), and immediately consumed by the next GEMM(s). A is never
+// stored whole: extra memory is O(threads * rows * m) scratch plus O(B * chunks * m * (d + c)) partial sums.
+// Reductions over N (A^T v, dk, dw) are done per (batch, chunk of blocks) task into private partial buffers that are
+// summed at the end, so results do not depend on thread scheduling. All arithmetic runs in acc(T) (fp32 / fp64).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <tuple>
+#include <utility>
+
+#include "../soft_attention.h"
+
+namespace mmsoft {
+namespace cpu {
+namespace {
+
+// Elements of one (rows x m) tile of A: 256 KiB in fp32, so the tile and its gradient tile stay in L2.
+constexpr int64_t kTileElems = 64 * 1024;
+
+struct Plan {
+  int64_t batch, n, m, rows, blocks, chunks;
+
+  Plan(int64_t batch_, int64_t n_, int64_t m_) : batch(batch_), n(n_), m(m_) {
+    rows = std::clamp<int64_t>(kTileElems / std::max<int64_t>(m, 1), 16, 512);
+    rows = std::min(rows, std::max<int64_t>(n, 1));
+    blocks = (n + rows - 1) / rows;
+    // Enough (batch, chunk) tasks to keep every thread busy; chunks only split N within one batch item.
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t want = (threads + std::max<int64_t>(batch, 1) - 1) / std::max<int64_t>(batch, 1);
+    chunks = std::clamp<int64_t>(want, 1, std::max<int64_t>(blocks, 1));
+  }
+  int64_t tasks() const { return batch * chunks; }
+  // Row blocks [first, last) handled by chunk `ch`.
+  std::pair<int64_t, int64_t> block_range(int64_t ch) const {
+    return {ch * blocks / chunks, (ch + 1) * blocks / chunks};
+  }
+};
+
+// [k, 1, -|k|^2 / 2]: (B, m, d + 2), contiguous, in k's (accumulation) dtype.
+at::Tensor augment_landmarks(const at::Tensor& k) {
+  const int64_t d = k.size(2);
+  auto kaug = at::empty({k.size(0), k.size(1), d + 2}, k.options());
+  kaug.narrow(2, 0, d).copy_(k);
+  kaug.narrow(2, d, 1).fill_(1);
+  kaug.narrow(2, d + 1, 1).copy_(k.square().sum(2, /*keepdim=*/true).mul_(-0.5));
+  return kaug;
+}
+
+// Fills qa = [q_rows, -|q|^2 / 2, 1] (rows x (d + 2)) and a = exp(min(qa kaug_b^T, 0)) (rows x m): one tile of A.
+void gaussian_tile(const at::Tensor& q_rows, const at::Tensor& kaug_b, at::Tensor& qa, at::Tensor& a) {
+  const int64_t d = q_rows.size(1);
+  auto qd = qa.narrow(1, 0, d);
+  qd.copy_(q_rows);
+  qa.narrow(1, d, 1).copy_(qd.square().sum(1, /*keepdim=*/true).mul_(-0.5));
+  qa.narrow(1, d + 1, 1).fill_(1);
+  at::mm_out(a, qa, kaug_b.t());
+  // The clamp removes rounding noise that could make -|q - k|^2 / 2 slightly positive (as the reference does).
+  a.clamp_max_(0).exp_();
+}
+
+// rows x width view of `src` rows [n0, n0 + rows) in the accumulation dtype (converted into `buf` if needed).
+at::Tensor rows_as_acc(const at::Tensor& src_b, int64_t n0, int64_t rows, at::Tensor& buf) {
+  auto view = src_b.narrow(0, n0, rows);
+  if (!buf.defined()) return view;
+  return buf.narrow(0, 0, rows).copy_(view);
+}
+
+}  // namespace
+
+at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  at::NoGradGuard no_grad;
+  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = v.size(2);
+  const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
+  if (batch == 0 || n == 0 || c == 0) return at::zeros({batch, m, c}, acc_opts);
+  const Plan plan(batch, n, m);
+  const auto kaug = augment_landmarks(k);
+  auto part = at::zeros({batch, plan.chunks, m, c}, acc_opts);
+  const bool convert_v = v.scalar_type() != acc_opts.dtype().toScalarType();
+
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard no_grad_worker;
+    auto qa_buf = at::empty({plan.rows, d + 2}, acc_opts);
+    auto a_buf = at::empty({plan.rows, m}, acc_opts);
+    auto v_buf = convert_v ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / plan.chunks, ch = task % plan.chunks;
+      auto part_bc = part[b][ch];
+      const auto q_b = q[b], v_b = v[b], kaug_b = kaug[b];
+      const auto range = plan.block_range(ch);
+      for (int64_t blk = range.first; blk < range.second; ++blk) {
+        const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+        auto qa = qa_buf.narrow(0, 0, rows);
+        auto a = a_buf.narrow(0, 0, rows);
+        gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+        part_bc.addmm_(a.t(), rows_as_acc(v_b, n0, rows, v_buf));
+      }
+    }
+  });
+  return part.sum(1);
+}
+
+at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+  at::NoGradGuard no_grad;
+  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = w.size(2);
+  const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
+  auto out = at::empty({batch, n, c}, q.options());
+  if (out.numel() == 0) return out;
+  const Plan plan(batch, n, m);
+  const auto kaug = augment_landmarks(k);
+  const bool convert_out = q.scalar_type() != acc_opts.dtype().toScalarType();
+
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard no_grad_worker;
+    auto qa_buf = at::empty({plan.rows, d + 2}, acc_opts);
+    auto a_buf = at::empty({plan.rows, m}, acc_opts);
+    auto o_buf = convert_out ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / plan.chunks, ch = task % plan.chunks;
+      const auto q_b = q[b], w_b = w[b], kaug_b = kaug[b];
+      auto out_b = out[b];
+      const auto range = plan.block_range(ch);
+      for (int64_t blk = range.first; blk < range.second; ++blk) {
+        const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+        auto qa = qa_buf.narrow(0, 0, rows);
+        auto a = a_buf.narrow(0, 0, rows);
+        gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+        auto out_rows = out_b.narrow(0, n0, rows);
+        if (convert_out) {
+          auto o = o_buf.narrow(0, 0, rows);
+          at::mm_out(o, a, w_b);
+          out_rows.copy_(o);
+        } else {
+          at::mm_out(out_rows, a, w_b);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+namespace {
+
+// Shared backward. With G = A o (x y^T) (x: N-sized rows, y: landmark-sized rows):
+//   dq = G k - rowsum(G) o q,   dk = G^T q - colsum(G) o k,
+// and the third gradient is A y (N-sized, kTransposed: out = A^T v, x = v, y = grad_out)
+// or A^T x (landmark-sized, !kTransposed: out = A w, x = grad_out, y = w).
+template <bool kTransposed>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& x, const at::Tensor& y) {
+  at::NoGradGuard no_grad;
+  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = x.size(2);
+  const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
+  const bool convert = q.scalar_type() != acc_opts.dtype().toScalarType();
+  auto dq = at::empty_like(q);
+  if (batch == 0 || n == 0) {
+    auto third = kTransposed ? at::empty({batch, n, c}, q.options()) : at::zeros({batch, m, c}, acc_opts);
+    return {dq, at::zeros_like(k), third};
+  }
+  const Plan plan(batch, n, m);
+  const auto kaug = augment_landmarks(k);
+  // Per-task partial sums: [G^T q, -(G^T |q|^2) / 2, colsum(G)] and (if !kTransposed) A^T x.
+  auto part_k = at::zeros({batch, plan.chunks, m, d + 2}, acc_opts);
+  at::Tensor part_x, dx;
+  if (kTransposed) {
+    dx = at::empty({batch, n, c}, q.options());
+  } else {
+    part_x = at::zeros({batch, plan.chunks, m, c}, acc_opts);
+  }
+
+  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard no_grad_worker;
+    auto qa_buf = at::empty({plan.rows, d + 2}, acc_opts);
+    auto a_buf = at::empty({plan.rows, m}, acc_opts);
+    auto g_buf = at::empty({plan.rows, m}, acc_opts);
+    auto dq_buf = at::empty({plan.rows, d + 2}, acc_opts);
+    auto x_buf = convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
+    auto dx_buf = (convert && kTransposed) ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / plan.chunks, ch = task % plan.chunks;
+      const auto q_b = q[b], x_b = x[b], y_b = y[b], kaug_b = kaug[b];
+      auto dq_b = dq[b];
+      auto part_k_bc = part_k[b][ch];
+      const auto range = plan.block_range(ch);
+      for (int64_t blk = range.first; blk < range.second; ++blk) {
+        const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+        auto qa = qa_buf.narrow(0, 0, rows);
+        auto a = a_buf.narrow(0, 0, rows);
+        auto g = g_buf.narrow(0, 0, rows);
+        auto dqa = dq_buf.narrow(0, 0, rows);
+        gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+        const auto x_rows = rows_as_acc(x_b, n0, rows, x_buf);
+        at::mm_out(g, x_rows, y_b.t());
+        g.mul_(a);
+        // [G k, rowsum(G), *] in one GEMM thanks to the augmented landmarks.
+        at::mm_out(dqa, g, kaug_b);
+        auto dq_rows = dqa.narrow(1, 0, d);
+        dq_rows.addcmul_(dqa.narrow(1, d, 1), qa.narrow(1, 0, d), -1);
+        dq_b.narrow(0, n0, rows).copy_(dq_rows);
+        part_k_bc.addmm_(g.t(), qa);
+        if constexpr (kTransposed) {
+          auto dx_rows = dx[b].narrow(0, n0, rows);
+          if (convert) {
+            auto tmp = dx_buf.narrow(0, 0, rows);
+            at::mm_out(tmp, a, y_b);
+            dx_rows.copy_(tmp);
+          } else {
+            at::mm_out(dx_rows, a, y_b);
+          }
+        } else {
+          part_x[b][ch].addmm_(a.t(), x_rows);
+        }
+      }
+    }
+  });
+  const auto dk_aug = part_k.sum(1);
+  auto dk = dk_aug.narrow(2, 0, d) - dk_aug.narrow(2, d + 1, 1) * k;
+  return {dq, dk, kTransposed ? dx : part_x.sum(1)};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                        const at::Tensor& v,
+                                                                        const at::Tensor& grad_out) {
+  return backward_impl<true>(q, k, v, grad_out);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& w,
+                                                                      const at::Tensor& grad_out) {
+  return backward_impl<false>(q, k, grad_out, w);
+}
+
+}  // namespace cpu
+}  // namespace mmsoft

@@ -1,0 +1,261 @@
+"""SOFT backbone (Softmax-free Transformer) for dense prediction, registered as ``mmsoft.SOFT``."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.registry import MODELS as ROOT_MODELS
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmsoft.registry import MODELS
+
+from ..layers import ConvPatchEmbed, SOFTBlock, SoftmaxBlock
+from .soft_converter import load_soft_pretrained
+
+NUM_STAGES = 4
+# Stem stride 4, then x2 per stage.
+STAGE_STRIDES = (4, 8, 16, 32)
+
+
+class SOFTStage(nn.Module):
+    """One pyramid stage: patch embedding, learned position embedding, blocks, optional out norm."""
+
+    def __init__(self, patch_embed: nn.Module, embed_dims: int, pos_grid: int, blocks: Sequence[nn.Module],
+                 out_norm: bool) -> None:
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, embed_dims))
+        self.pos_grid = pos_grid
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(embed_dims, eps=1e-6) if out_norm else nn.Identity()
+
+    def resized_pos_embed(self, hw_shape: tuple[int, int]) -> Tensor:
+        """The position embedding resized bilinearly to the token grid: ``(1, H*W, C)``."""
+        if hw_shape == (self.pos_grid, self.pos_grid):
+            return self.pos_embed
+        grid = self.pos_embed.reshape(1, self.pos_grid, self.pos_grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=hw_shape, mode="bilinear", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
+
+@MODELS.register_module()
+class SOFT(BaseModule):
+    """SOFT: Softmax-free Transformer backbone (Lu et al., NeurIPS 2021 / IJCV 2024).
+
+    Four stages at strides 4/8/16/32. Stages 1-3 use softmax-free (Gaussian kernel) attention with
+    Newton-Schulz pseudo-inverse; stage 4 uses ordinary softmax attention. ``sym_norm=True`` (the
+    default) is SOFT-Norm, the variant behind every published detection/segmentation result.
+
+    Args:
+        arch: 'tiny' | 'small' | 'medium' | 'large' | 'huge', or a dict with ``embed_dims``,
+            ``num_heads``, ``depths`` (4 values each) and optionally ``sr_ratios`` (4),
+            ``conv_sizes`` (3: the V-conv kernels of stages 1-3) and ``mlp_ratio``.
+        sym_norm: SOFT-Norm (True) or plain SOFT (False).
+        in_channels: input image channels.
+        out_indices: stages (0-3) whose maps are returned, NCHW.
+        frozen_stages: -1 freezes nothing; 0 freezes the stem (stage 1's patch and position
+            embedding); k >= 1 freezes the stem and stages 1..k. Frozen parts stay in eval mode.
+        norm_eval: keep BatchNorm layers (stem/downsamplers) in eval mode while training.
+        with_cp: activation checkpointing of every block (less memory, slower).
+        drop_rate: dropout after position embeddings and in MLPs.
+        drop_path_rate: stochastic depth, increasing linearly over all blocks.
+        newton_iters: Newton-Schulz iterations for the pseudo-inverse (20 in the paper).
+        attn_impl: backend of the attention core, see :func:`mmsoft.ops.soft_attention`.
+        pretrain_img_size: image size the position embeddings were learned at (224 on ImageNet).
+        norm_cfg: norm of the convolutional patch embeddings (BN; SyncBN for multi-GPU).
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
+
+    Inputs of any size work: the image is zero-padded to a multiple of 32 (``pad_divisor``) and each output is
+    cropped back to ``ceil(size / stride)``, the size a ResNet would give.
+    """
+
+    arch_zoo = {
+        # Stage-3 depth 7 / stage-4 depth 4 for 'small' is what gives the published 24M parameters;
+        # the reference code's soft_small preset ([1, 3, 20, 4]) builds a 38.9M model instead.
+        "tiny": dict(embed_dims=[64, 128, 320, 512], num_heads=[2, 4, 10, 16], depths=[1, 2, 3, 2]),
+        "small": dict(embed_dims=[64, 128, 320, 512], num_heads=[2, 4, 10, 16], depths=[1, 3, 7, 4]),
+        "medium": dict(embed_dims=[64, 128, 288, 512], num_heads=[2, 4, 9, 16], depths=[1, 3, 29, 5]),
+        "large": dict(embed_dims=[64, 128, 320, 512], num_heads=[2, 4, 10, 16], depths=[1, 3, 40, 5]),
+        "huge": dict(embed_dims=[64, 128, 352, 512], num_heads=[2, 4, 11, 16], depths=[1, 5, 49, 5]),
+    }
+    arch_defaults = dict(sr_ratios=[8, 4, 2, 1], conv_sizes=[9, 5, 3], mlp_ratio=4.0)
+
+    def __init__(self, arch: str | dict = "tiny", sym_norm: bool = True, in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 newton_iters: int = 20, attn_impl: str = "auto", pretrain_img_size: int = 224,
+                 norm_cfg: dict | None = None, init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f"frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}")
+        if newton_iters < 0:
+            raise ValueError(f"newton_iters must be >= 0, got {newton_iters}")
+        self.sym_norm = sym_norm
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        self.in_channels = in_channels
+        # Inputs are padded so that every stage's grid is exact and every SOFT stage's grid divides
+        # by its landmark stride: 32 for the published sr_ratios (8, 4, 2 at strides 4, 8, 16).
+        self.pad_divisor = math.lcm(STAGE_STRIDES[-1], *(STAGE_STRIDES[i] * self.arch_settings["sr_ratios"][i]
+                                                         for i in range(NUM_STAGES - 1)))
+
+        s = self.arch_settings
+        self.embed_dims = list(s["embed_dims"])
+        depths = s["depths"]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        prev_channels = in_channels
+        for i in range(NUM_STAGES):
+            dims, heads, sr = s["embed_dims"][i], s["num_heads"][i], s["sr_ratios"][i]
+            rates = dpr[sum(depths[:i]):sum(depths[:i + 1])]
+            if i < NUM_STAGES - 1:
+                blocks = [SOFTBlock(dims, heads, sr, s["conv_sizes"][i], mlp_ratio=s["mlp_ratio"],
+                                    drop_rate=drop_rate, drop_path_rate=r, sym_norm=sym_norm,
+                                    newton_iters=newton_iters, attn_impl=attn_impl) for r in rates]
+            else:
+                blocks = [SoftmaxBlock(dims, heads, mlp_ratio=s["mlp_ratio"], drop_rate=drop_rate,
+                                       drop_path_rate=r) for r in rates]
+            patch_embed = ConvPatchEmbed(prev_channels, dims, stem=(i == 0), norm_cfg=norm_cfg)
+            self.stages.append(SOFTStage(patch_embed, dims, pretrain_img_size // STAGE_STRIDES[i], blocks,
+                                         out_norm=(i == NUM_STAGES - 1)))
+            prev_channels = dims
+        self.pos_drop = nn.Dropout(drop_rate)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ configuration checks
+    @classmethod
+    def _parse_arch(cls, arch: str | dict) -> dict:
+        if isinstance(arch, str):
+            if arch.lower() not in cls.arch_zoo:
+                raise ValueError(f"unknown SOFT arch {arch!r}; choose one of {sorted(cls.arch_zoo)} or pass a "
+                                 "dict with embed_dims, num_heads and depths")
+            arch = cls.arch_zoo[arch.lower()]
+        if not isinstance(arch, dict):
+            raise TypeError(f"arch must be a str or dict, got {type(arch).__name__}")
+        missing = {"embed_dims", "num_heads", "depths"} - set(arch)
+        if missing:
+            raise ValueError(f"custom arch dict is missing {sorted(missing)}")
+        unknown = set(arch) - {"embed_dims", "num_heads", "depths", *cls.arch_defaults}
+        if unknown:
+            raise ValueError(f"custom arch dict has unknown keys {sorted(unknown)}; allowed: embed_dims, "
+                             f"num_heads, depths, {', '.join(cls.arch_defaults)}")
+        settings = {**cls.arch_defaults, **arch}
+        for key, n in (("embed_dims", 4), ("num_heads", 4), ("depths", 4), ("sr_ratios", 4), ("conv_sizes", 3)):
+            if len(settings[key]) != n:
+                raise ValueError(f"arch {key} needs {n} values (one per stage), got {list(settings[key])}")
+        for i, (dims, heads) in enumerate(zip(settings["embed_dims"], settings["num_heads"])):
+            if heads <= 0 or dims % heads:
+                raise ValueError(f"stage {i}: embed_dims {dims} is not divisible by num_heads {heads}")
+        for i, sr in enumerate(settings["sr_ratios"]):
+            if not isinstance(sr, int) or sr <= 0:
+                raise ValueError(f"stage {i}: sr_ratio must be a positive int, got {sr!r}")
+        return settings
+
+    @staticmethod
+    def _parse_out_indices(out_indices: Sequence[int] | int) -> tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        out = tuple(out_indices)
+        bad = [i for i in out if not isinstance(i, int) or not 0 <= i < NUM_STAGES]
+        if bad or not out:
+            raise ValueError(f"out_indices must be non-empty stage indices in [0, {NUM_STAGES - 1}], got {out}")
+        return out
+
+    # ------------------------------------------------------------------ training-mode behaviour
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen: list[nn.Module] = [self.stages[0].patch_embed]
+        frozen_params = [self.stages[0].pos_embed]
+        for i in range(self.frozen_stages):
+            frozen.append(self.stages[i])
+            frozen_params.append(self.stages[i].pos_embed)
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+        for p in frozen_params:
+            p.requires_grad = False
+
+    def train(self, mode: bool = True) -> SOFT:
+        """Switch mode, keeping frozen stages and (with ``norm_eval``) BatchNorms in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ weights
+    def init_weights(self) -> None:
+        """Random init as the published models (trunc-normal linears and position embeddings), or load
+        ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None)``: a reference SOFT (timm-style) or an
+        mmsoft checkpoint, converted by :func:`soft_convert`, with position embeddings resized to this model."""
+        pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get("type") == "Pretrained"
+        if pretrained:
+            unknown = set(self.init_cfg) - {"type", "checkpoint", "prefix", "map_location"}
+            if "checkpoint" not in self.init_cfg or unknown:
+                raise ValueError(f"SOFT init_cfg {self.init_cfg} must be dict(type='Pretrained', checkpoint=PATH) "
+                                 f"with optional prefix and map_location (unknown keys: {sorted(unknown)})")
+        elif isinstance(self.init_cfg, list):
+            super().init_weights()
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for stage in self.stages:
+            trunc_normal_(stage.pos_embed, std=0.02)
+        if pretrained:  # after the random init, so that keys a checkpoint lacks still get the published init
+            load_soft_pretrained(self, self.init_cfg["checkpoint"], prefix=self.init_cfg.get("prefix"),
+                                 map_location=self.init_cfg.get("map_location") or "cpu")
+
+    # ------------------------------------------------------------------ forward
+    def _run_block(self, block: nn.Module, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(block, x, hw_shape, use_reentrant=False)
+        return block(x, hw_shape)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Images ``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SOFT expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"SOFT expects a floating-point image tensor, got {x.dtype}; normalise the image first")
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.pad_divisor, (-w) % self.pad_divisor
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage.patch_embed(x)
+            b, c, gh, gw = x.shape
+            tokens = self.pos_drop(x.flatten(2).transpose(1, 2) + stage.resized_pos_embed((gh, gw)))
+            for block in stage.blocks:
+                tokens = self._run_block(block, tokens, (gh, gw))
+            x = stage.norm(tokens).transpose(1, 2).reshape(b, c, gh, gw)
+            if i in self.out_indices:
+                stride = STAGE_STRIDES[i]
+                outs.append(x[:, :, :math.ceil(h / stride), :math.ceil(w / stride)].contiguous())
+        return tuple(outs)
+
+
+# Also visible from the root registry, so that mmdet/mmseg configs with
+# ``custom_imports=dict(imports=['mmsoft'])`` can say ``type='SOFT'`` without the scope prefix
+# (an unscoped name is looked up in the caller's registry and then its ancestors).
+if "SOFT" not in ROOT_MODELS.module_dict:
+    ROOT_MODELS.register_module(module=SOFT)

@@ -1,0 +1,31 @@
+"""Convolutional patch embeddings: the 3-conv stride-4 stem of stage 1 and the stride-2 downsamplers."""
+from __future__ import annotations
+
+from mmcv.cnn import build_norm_layer
+from torch import nn
+
+
+def _conv_norm_relu(in_channels: int, out_channels: int, stride: int, norm_cfg: dict) -> list[nn.Module]:
+    # The published models keep the conv bias in front of BN; kept for checkpoint compatibility.
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+            build_norm_layer(norm_cfg, out_channels)[1], nn.ReLU(inplace=True)]
+
+
+class ConvPatchEmbed(nn.Sequential):
+    """3x3 conv(s) + norm + ReLU that downsample an NCHW map.
+
+    ``stem=True`` gives stage 1's stride-4 stem (conv s2 -> conv s1 -> conv s2, 32 hidden
+    channels); otherwise a single stride-2 conv as in stages 2-4.
+    """
+
+    def __init__(self, in_channels: int, embed_dims: int, stem: bool = False, stem_channels: int = 32,
+                 norm_cfg: dict | None = None) -> None:
+        norm_cfg = norm_cfg or dict(type="BN", requires_grad=True)
+        if stem:
+            layers = (_conv_norm_relu(in_channels, stem_channels, 2, norm_cfg)
+                      + _conv_norm_relu(stem_channels, stem_channels, 1, norm_cfg)
+                      + _conv_norm_relu(stem_channels, embed_dims, 2, norm_cfg))
+        else:
+            layers = _conv_norm_relu(in_channels, embed_dims, 2, norm_cfg)
+        super().__init__(*layers)
+        self.stride = 4 if stem else 2

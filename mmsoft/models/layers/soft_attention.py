@@ -1,0 +1,66 @@
+"""SOFT attention as a module: projections, landmark convolution and the value convolution."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmsoft.ops import soft_attention
+
+
+class SOFTAttention(nn.Module):
+    """Softmax-free attention of one SOFT block (keys are the queries; no key projection).
+
+    Args:
+        embed_dims: token channels C.
+        num_heads: heads; ``C`` must divide evenly (the published models use head dim 32).
+        sr_ratio: landmark stride s: an ``s x s`` stride-``s`` conv (shared by all heads) makes
+            ``(H/s)(W/s)`` landmarks from the query map. The token grid must be divisible by s.
+        conv_size: kernel of the depthwise (one kernel per head) conv on V added to the output.
+        sym_norm: True for SOFT-Norm (symmetric normalisation of the pseudo-inverse).
+        newton_iters: Newton-Schulz iterations of the pseudo-inverse.
+        attn_impl: backend of :func:`mmsoft.ops.soft_attention`.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
+                 sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto") -> None:
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.sr_ratio = sr_ratio
+        self.sym_norm = sym_norm
+        self.newton_iters = newton_iters
+        self.attn_impl = attn_impl
+        self.q = nn.Linear(embed_dims, embed_dims)
+        self.v = nn.Linear(embed_dims, embed_dims)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.landmark_conv = nn.Conv2d(self.head_dims, self.head_dims, sr_ratio, stride=sr_ratio, bias=False)
+        self.landmark_norm = nn.LayerNorm(self.head_dims)
+        self.v_conv = nn.Conv2d(num_heads, num_heads, conv_size, padding=conv_size // 2, groups=num_heads,
+                                bias=False)
+
+    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        """Attend over tokens ``x (B, H*W, C)`` laid out on the grid ``hw_shape``."""
+        b, n, c = x.shape
+        h, w = hw_shape
+        heads, d = self.num_heads, self.head_dims
+        if h % self.sr_ratio or w % self.sr_ratio:
+            raise ValueError(f"token grid {h}x{w} must be divisible by sr_ratio {self.sr_ratio}; "
+                             "the SOFT backbone pads its input to a multiple of 32 for this")
+        q = self.q(x).view(b, n, heads, d).transpose(1, 2) * d ** -0.25      # (B, heads, N, d)
+        v = self.v(x).view(b, n, heads, d).transpose(1, 2)                   # (B, heads, N, d)
+
+        q_map = q.reshape(b * heads, h, w, d).permute(0, 3, 1, 2)            # (B*heads, d, H, W)
+        landmarks = self.landmark_conv(q_map).flatten(2).transpose(1, 2)     # (B*heads, m, d)
+        landmarks = F.gelu(self.landmark_norm(landmarks)).view(b, heads, -1, d)
+
+        out = soft_attention(q, landmarks, v, sym_norm=self.sym_norm, num_iters=self.newton_iters,
+                             impl=self.attn_impl)
+
+        # One k x k kernel per head, shared by that head's d channels: channels go to the batch dim.
+        v_map = v.permute(0, 3, 1, 2).reshape(b * d, heads, h, w)
+        local = self.v_conv(v_map).view(b, d, heads, n).permute(0, 2, 3, 1)  # (B, heads, N, d)
+        out = (out + local).transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+

@@ -1,0 +1,11 @@
+"""The SOFT attention core (Gaussian kernel, Newton-Schulz pseudo-inverse, normalisation).
+
+``soft_attention(..., impl='auto' | 'ext' | 'reference')`` is the public entry point; :func:`info` reports what the
+compiled extension ``mmsoft._ext`` was built for.
+"""
+from .ext_loader import ext_available, info
+from .reference import gaussian_kernel
+from .soft_attention import landmark_inverse, newton_pinv, resolve_impl, soft_attention
+
+__all__ = ["ext_available", "gaussian_kernel", "info", "landmark_inverse", "newton_pinv", "resolve_impl",
+           "soft_attention"]

@@ -1,0 +1,88 @@
+"""``torch.library`` custom ops around the fused kernels of ``mmsoft._ext``.
+
+``mmsoft::kernel_t_matmul(q, k, v) = A^T v`` and ``mmsoft::kernel_matmul(q, k, w) = A w`` with
+``A = exp(-|q_i - k_j|^2 / 2)``, plus their backward ops. Each has a fake (meta) implementation, so
+``torch.compile`` traces them as single nodes without graph breaks, and autograd registered with
+``register_autograd`` (A is recomputed in backward, never saved).
+
+Operand convention (checked in C++): 3-D, ``q (B, N, d)`` and N-sized ``v`` / ``grad`` of an input dtype T
+(float16 / bfloat16 / float32 / float64), landmark-sized ``k (B, m, d)`` and ``w (B, m, c)`` in the accumulation
+dtype ``acc(T)`` (float32, float64 for T = float64). ``A^T v`` is returned in acc(T), ``A w`` in T.
+Non-contiguous operands are made contiguous here; use :func:`mmsoft.ops.soft_attention` for the user-facing API.
+"""
+import torch
+from torch import Tensor
+
+from .ext_loader import get_ext
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the fused kernels for inputs of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _c(t: Tensor) -> Tensor:
+    return t.contiguous()
+
+
+@torch.library.custom_op("mmsoft::kernel_t_matmul", mutates_args=())
+def kernel_t_matmul(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``A^T v``: ``(B, m, c)`` in acc(T)."""
+    return get_ext(q.device.type).kernel_t_matmul_forward(_c(q), _c(k), _c(v))
+
+
+@torch.library.custom_op("mmsoft::kernel_matmul", mutates_args=())
+def kernel_matmul(q: Tensor, k: Tensor, w: Tensor) -> Tensor:
+    """``A w``: ``(B, N, c)`` in q's dtype."""
+    return get_ext(q.device.type).kernel_matmul_forward(_c(q), _c(k), _c(w))
+
+
+@torch.library.custom_op("mmsoft::kernel_t_matmul_backward", mutates_args=())
+def kernel_t_matmul_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of ``A^T v`` for the output gradient ``grad (B, m, c)``."""
+    return tuple(get_ext(q.device.type).kernel_t_matmul_backward(_c(q), _c(k), _c(v), _c(grad)))
+
+
+@torch.library.custom_op("mmsoft::kernel_matmul_backward", mutates_args=())
+def kernel_matmul_backward(q: Tensor, k: Tensor, w: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dw)`` of ``A w`` for the output gradient ``grad (B, N, c)``."""
+    return tuple(get_ext(q.device.type).kernel_matmul_backward(_c(q), _c(k), _c(w), _c(grad)))
+
+
+@kernel_t_matmul.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return q.new_empty((q.shape[0], k.shape[1], v.shape[2]), dtype=acc_dtype(q.dtype))
+
+
+@kernel_matmul.register_fake
+def _(q: Tensor, k: Tensor, w: Tensor) -> Tensor:
+    return q.new_empty((q.shape[0], q.shape[1], w.shape[2]))
+
+
+# Gradients come back contiguous, in the dtype of the operand they belong to.
+@kernel_t_matmul_backward.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@kernel_matmul_backward.register_fake
+def _(q: Tensor, k: Tensor, w: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), w.new_empty(w.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _t_matmul_backward(ctx, grad: Tensor):
+    q, k, v = ctx.saved_tensors
+    return kernel_t_matmul_backward(q, k, v, grad)
+
+
+def _matmul_backward(ctx, grad: Tensor):
+    q, k, w = ctx.saved_tensors
+    return kernel_matmul_backward(q, k, w, grad)
+
+
+kernel_t_matmul.register_autograd(_t_matmul_backward, setup_context=_setup_context)
+kernel_matmul.register_autograd(_matmul_backward, setup_context=_setup_context)

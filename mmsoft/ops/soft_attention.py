@@ -1,0 +1,189 @@
+"""Public API of the SOFT attention core: ``soft_attention`` and its building blocks.
+
+``out = A . (P . (A^T V))`` with ``A = exp(-|q_i - k_j|^2 / 2)`` (queries vs landmarks),
+``P = pinv(Ah)`` of the landmark kernel ``Ah = exp(-|k_i - k_j|^2 / 2)`` by Newton-Schulz, and for
+SOFT-Norm ``P <- D^-1/2 P D^-1/2`` with ``D = diag(row sums of Ah)``. Evaluated right to left, so no
+``N x m x m`` product is ever formed. The landmark-side math (``Ah``, row sums, Newton) always runs
+in float32, also under autocast: ``exp`` of large negative arguments underflows in fp16 and makes
+``Ah`` singular.
+
+Backends (``impl``): ``'ext'`` runs the fused kernels of ``mmsoft._ext`` (A recomputed tile by tile, never stored:
+O(N d + m^2) memory per head), ``'reference'`` the PyTorch reference (materialises the N x m matrix A), and
+``'auto'`` the extension when it was built for the tensors' device (and supports their dtype / head dim), else the
+reference, with a one-time log line. The Newton-Schulz part is the same batched fp32 GEMMs in both backends.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor
+
+from . import custom_ops, ext_loader, reference
+
+_IMPLS = ("auto", "ext", "reference")
+_CUDA_MAX_CHANNELS = 128
+_fallbacks_logged: set[str] = set()
+
+
+class _NewtonPinv(torch.autograd.Function):
+    """Newton-Schulz pseudo-inverse with the closed-form backward.
+
+    Autograd never sees the iterations: memory stays one ``m x m`` matrix per head whatever the
+    number of iterations, and backward costs two GEMMs instead of 2 x num_iters.
+    """
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
+        inv = reference.newton_schulz_iterations(mat, num_iters)
+        ctx.save_for_backward(inv)
+        return inv
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (inv,) = ctx.saved_tensors
+        return reference.pinv_backward(inv, grad), None
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+
+
+def newton_pinv(mat: Tensor, num_iters: int = 20) -> Tensor:
+    """Pseudo-inverse of symmetric non-negative ``mat (..., m, m)`` by ``num_iters`` Newton-Schulz steps.
+
+    Computed in float32 (float64 stays float64) whatever the input dtype or autocast state.
+    """
+    if mat.dim() < 2 or mat.shape[-1] != mat.shape[-2]:
+        raise ValueError(f"newton_pinv expects square matrices (..., m, m), got shape {tuple(mat.shape)}")
+    if num_iters < 0:
+        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
+    work_dtype = torch.float64 if mat.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=mat.device.type, enabled=False):
+        return _NewtonPinv.apply(mat.to(work_dtype), num_iters)
+
+
+def landmark_inverse(k: Tensor, sym_norm: bool = True, num_iters: int = 20) -> Tensor:
+    """``P`` of the attention for landmarks ``k (..., m, d)``: pinv of their kernel, optionally
+    symmetrically normalised. Float32 (float64 for float64 input), shape ``(..., m, m)``."""
+    work_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        k = k.to(work_dtype)
+        kernel = reference.gaussian_kernel(k, k)
+        inv = newton_pinv(kernel, num_iters)
+        if sym_norm:
+            d_inv_sqrt = kernel.sum(-1).rsqrt()
+            inv = d_inv_sqrt.unsqueeze(-1) * inv * d_inv_sqrt.unsqueeze(-2)
+    return inv
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
+        raise ValueError(
+            "soft_attention expects q (..., N, d), k (..., m, d), v (..., N, c) with the same number of "
+            f"dims; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[:-2] != k.shape[:-2] or q.shape[:-2] != v.shape[:-2]:
+        raise ValueError(f"batch dims differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share the channel dim d; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.shape[-2] != v.shape[-2]:
+        raise ValueError(f"q and v must have the same number of tokens N; got q {tuple(q.shape)}, "
+                         f"v {tuple(v.shape)}")
+    if k.shape[-2] < 1:
+        raise ValueError("soft_attention needs at least one landmark (m >= 1)")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"all inputs must be on one device; q is on {q.device}, {name} on {t.device}")
+
+
+def _ext_unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+    """Why the extension cannot run these inputs (None when it can)."""
+    device_type = q.device.type
+    if device_type not in ext_loader.EXT_BACKENDS:
+        built = sorted(ext_loader.EXT_BACKENDS)
+        return (f"mmsoft._ext was not built for '{device_type}' tensors (built: {built})" if built
+                else "mmsoft._ext is not built")
+    if device_type == "cuda":
+        if torch.float64 in (q.dtype, k.dtype, v.dtype):
+            return "the CUDA kernels do not support float64 (float64 runs on the CPU extension)"
+        if max(q.shape[-1], v.shape[-1]) > _CUDA_MAX_CHANNELS:
+            return f"the CUDA kernels support head / value dims up to {_CUDA_MAX_CHANNELS}"
+    return None
+
+
+def _log_fallback_once(reason: str) -> None:
+    if reason in _fallbacks_logged:
+        return
+    _fallbacks_logged.add(reason)
+    msg = f"mmsoft soft_attention(impl='auto'): {reason}; using the PyTorch reference. To build the extension, " \
+          f"{ext_loader.BUILD_HINT}."
+    try:
+        from mmengine.logging import print_log
+    except ImportError:
+        logging.getLogger("mmsoft").warning(msg)
+    else:
+        print_log(msg, logger="current", level=logging.WARNING)
+
+
+def resolve_impl(impl: str, q: Tensor, k: Tensor, v: Tensor) -> str:
+    """The backend (``'ext'`` or ``'reference'``) that ``soft_attention(..., impl=impl)`` runs for these inputs.
+
+    ``'ext'`` raises ``RuntimeError`` (saying how to build) when the extension cannot run them.
+    """
+    _check_impl(impl)
+    if impl == "reference":
+        return "reference"
+    reason = _ext_unsupported(q, k, v)
+    if reason is None:
+        return "ext"
+    if impl == "ext":
+        raise RuntimeError(f"soft_attention(impl='ext'): {reason}. To build it, {ext_loader.BUILD_HINT}; "
+                           "or pass impl='reference' / 'auto'.")
+    if not torch.compiler.is_compiling():  # logging would break the graph; the eager run has logged already
+        _log_fallback_once(reason)
+    return "reference"
+
+
+def _products_reference(q: Tensor, k: Tensor, v: Tensor, inv: Tensor) -> Tensor:
+    work_dtype = inv.dtype
+    qf, kf, vf = q.to(work_dtype), k.to(work_dtype), v.to(work_dtype)
+    context = inv @ reference.kernel_t_matmul(qf, kf, vf)
+    return reference.kernel_matmul(qf, kf, context)
+
+
+def _products_ext(q: Tensor, k: Tensor, v: Tensor, inv: Tensor) -> Tensor:
+    # N-sized operands in one input dtype T; landmark-sized ones (k, P, context) in acc(T), see custom_ops.
+    if torch.float64 in (q.dtype, k.dtype, v.dtype):
+        dtype = torch.float64
+    else:
+        dtype = torch.promote_types(q.dtype, v.dtype)
+    acc = custom_ops.acc_dtype(dtype)
+    lead, (n, d), m, c = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
+    batch = math.prod(lead)
+    q3 = q.to(dtype).reshape(batch, n, d)
+    v3 = v.to(dtype).reshape(batch, n, c)
+    k3 = k.to(acc).reshape(batch, m, d)
+    context = inv.to(acc).reshape(batch, m, m) @ custom_ops.kernel_t_matmul(q3, k3, v3)
+    return custom_ops.kernel_matmul(q3, k3, context).reshape(*lead, n, c)
+
+
+def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_iters: int = 20,
+                   impl: str = "auto") -> Tensor:
+    """SOFT attention ``A . (P . (A^T v))`` for queries ``q (..., N, d)``, landmarks ``k (..., m, d)``
+    and values ``v (..., N, c)``; returns ``(..., N, c)`` in ``v``'s dtype.
+
+    ``q`` is used as given (the caller applies the ``d^-1/4`` scale). ``impl`` selects the backend:
+    ``'auto'`` (extension when available for the device, else reference), ``'ext'`` or ``'reference'``.
+    """
+    _check_impl(impl)
+    _check_inputs(q, k, v)
+    backend = resolve_impl(impl, q, k, v)
+    inv = landmark_inverse(k, sym_norm=sym_norm, num_iters=num_iters)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        products = _products_ext if backend == "ext" else _products_reference
+        out = products(q, k, v, inv)
+    return out.to(v.dtype)

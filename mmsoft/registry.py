@@ -1,0 +1,12 @@
+"""mmsoft's registries: children of MMEngine's root registries.
+
+Being children of the root (with ``locations``) is what lets an mmdet or mmseg config say
+``type='mmsoft.SOFT'``: MMEngine sees the ``mmsoft.`` scope prefix, imports the locations listed
+here and builds from this registry, without the config needing ``custom_imports``.
+"""
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import Registry
+
+MODELS = Registry("model", parent=MMENGINE_MODELS, scope="mmsoft", locations=["mmsoft.models"])
+
+__all__ = ["MODELS"]

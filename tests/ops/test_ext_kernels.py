@@ -1,0 +1,221 @@
+"""The fused kernels of mmsoft._ext (custom ops mmsoft::kernel_t_matmul / mmsoft::kernel_matmul) against the
+PyTorch reference: per dtype, odd sizes, gradients, gradcheck, non-contiguous inputs, memory and input checks."""
+import pytest
+import torch
+from conftest import TOLERANCES, rel_err
+
+from mmsoft.ops import custom_ops, reference
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def make_operands(batch: int, n: int, m: int, d: int, c: int, dtype: torch.dtype, device: str, seed: int = 0):
+    """q (B, N, d) and x (B, N, c) in dtype; k (B, m, d) and y (B, m, c) in the accumulation dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    acc = custom_ops.acc_dtype(dtype)
+    scale = d ** -0.5  # |q - k|^2 ~ 2: A neither vanishes nor saturates
+    q = (torch.randn(batch, n, d, generator=gen, dtype=torch.float64) * scale).to(device, dtype)
+    k = (torch.randn(batch, m, d, generator=gen, dtype=torch.float64) * scale).to(device, acc)
+    x = torch.randn(batch, n, c, generator=gen, dtype=torch.float64).to(device, dtype)
+    y = torch.randn(batch, m, c, generator=gen, dtype=torch.float64).to(device, acc)
+    return q, k, x, y
+
+
+def leaf64(*tensors):
+    return [t.detach().double().cpu().requires_grad_() for t in tensors]
+
+
+SIZES = [  # (B, N, m, d, c): N not a multiple of any tile, m = 1, d = 16 / 32 / 64, c != d
+    (1, 1, 1, 16, 16),
+    (2, 17, 1, 32, 32),
+    (3, 129, 7, 64, 64),
+    (2, 1000, 1024, 32, 32),  # CPU tiles of 64 rows with a partial last tile
+    (1, 300, 33, 16, 5),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "B{}-N{}-m{}-d{}-c{}".format(*s))
+def test_t_matmul_matches_reference(device, dtype, size):
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("the CUDA kernels do not take float64")
+    q, k, v, _ = make_operands(*size, dtype, device)
+    out = custom_ops.kernel_t_matmul(*(t.requires_grad_() for t in (q, k, v)))
+    assert out.shape == (size[0], size[2], size[4]) and out.dtype == custom_ops.acc_dtype(dtype)
+    q64, k64, v64 = leaf64(q, k, v)
+    ref = reference.kernel_t_matmul(q64, k64, v64)
+    tol = TOLERANCES[dtype]
+    assert rel_err(out, ref) < max(tol, TOLERANCES[torch.float32])  # output is fp32: no output rounding
+
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad.double().cpu())
+    for got, want, name in ((q.grad, q64.grad, "dq"), (k.grad, k64.grad, "dk"), (v.grad, v64.grad, "dv")):
+        assert got.dtype == {"dq": q, "dk": k, "dv": v}[name].dtype
+        assert rel_err(got, want) < tol, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "B{}-N{}-m{}-d{}-c{}".format(*s))
+def test_matmul_matches_reference(device, dtype, size):
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("the CUDA kernels do not take float64")
+    q, k, _, w = make_operands(*size, dtype, device, seed=1)
+    out = custom_ops.kernel_matmul(*(t.requires_grad_() for t in (q, k, w)))
+    assert out.shape == (size[0], size[1], size[4]) and out.dtype == dtype
+    q64, k64, w64 = leaf64(q, k, w)
+    ref = reference.kernel_matmul(q64, k64, w64)
+    tol = TOLERANCES[dtype]
+    assert rel_err(out, ref) < tol
+
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref.backward(grad.double().cpu())
+    for got, want, name in ((q.grad, q64.grad, "dq"), (k.grad, k64.grad, "dk"), (w.grad, w64.grad, "dw")):
+        assert rel_err(got, want) < tol, name
+
+
+def test_gradcheck_float64_cpu(needs_cpu_ext):
+    q, k, v, w = make_operands(2, 6, 3, 4, 3, torch.float64, "cpu", seed=3)
+    args_t = [t.clone().requires_grad_() for t in (q, k, v)]
+    args_n = [t.clone().requires_grad_() for t in (q, k, w)]
+    assert torch.autograd.gradcheck(custom_ops.kernel_t_matmul, args_t, eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(custom_ops.kernel_matmul, args_n, eps=1e-6, atol=1e-8)
+
+
+def test_gradcheck_detects_a_wrong_backward(needs_cpu_ext, monkeypatch):
+    """The gradcheck above can fail: with dk's sign flipped it must."""
+    q, k, v, _ = make_operands(1, 5, 2, 3, 2, torch.float64, "cpu", seed=4)
+    real = custom_ops.kernel_t_matmul_backward
+
+    def flipped(q, k, v, grad):
+        dq, dk, dv = real(q, k, v, grad)
+        return dq, -dk, dv
+
+    monkeypatch.setattr(custom_ops, "kernel_t_matmul_backward", flipped)
+    args = [t.clone().requires_grad_() for t in (q, k, v)]
+    assert not torch.autograd.gradcheck(custom_ops.kernel_t_matmul, args, eps=1e-6, atol=1e-8, raise_exception=False)
+
+
+def test_non_contiguous_inputs(device):
+    b, n, m, d = 2, 70, 9, 32
+    gen = torch.Generator().manual_seed(5)
+    q = (torch.randn(b, d, n, generator=gen) * 0.2).to(device).transpose(1, 2)        # (B, N, d), strided
+    k = (torch.randn(b, 2 * m, d, generator=gen) * 0.2).to(device)[:, ::2]            # every other landmark
+    v = torch.randn(b, n, 2 * d, generator=gen).to(device)[..., :d]                  # column slice
+    w = torch.randn(1, m, d, generator=gen).to(device).expand(b, m, d)               # broadcast batch
+    assert not any(t.is_contiguous() for t in (q, k, v, w))
+    assert torch.equal(custom_ops.kernel_t_matmul(q, k, v),
+                       custom_ops.kernel_t_matmul(q.contiguous(), k.contiguous(), v.contiguous()))
+    assert torch.equal(custom_ops.kernel_matmul(q, k, w),
+                       custom_ops.kernel_matmul(q.contiguous(), k.contiguous(), w.contiguous()))
+
+
+def test_batch_independence(device):
+    """One item's result does not depend on its batch mates (nor, beyond rounding, on the batch size)."""
+    q, k, v, w = make_operands(3, 200, 24, 32, 32, torch.float32, device, seed=6)
+    base_t = custom_ops.kernel_t_matmul(q, k, v)
+    base_n = custom_ops.kernel_matmul(q, k, w)
+    # Same batch size, wildly different batch mates: item 0 is bit-identical.
+    q2, k2, v2, w2 = (t.clone() for t in (q, k, v, w))
+    for t in (q2, k2, v2, w2):
+        t[1:] = t[1:] * 7.0 + 3.0
+    assert torch.equal(custom_ops.kernel_t_matmul(q2, k2, v2)[0], base_t[0])
+    assert torch.equal(custom_ops.kernel_matmul(q2, k2, w2)[0], base_n[0])
+    # Alone in its batch: equal up to summation order.
+    assert rel_err(custom_ops.kernel_t_matmul(q[:1], k[:1], v[:1])[0], base_t[0]) < 1e-6
+    assert rel_err(custom_ops.kernel_matmul(q[:1], k[:1], w[:1])[0], base_n[0]) < 1e-6
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd keeps for backward while running fn()."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_backward_saves_no_n_by_m_matrix(needs_cpu_ext):
+    """A is recomputed in backward: what autograd keeps is O(N d + m c), not O(N m)."""
+    b, n, m, d = 1, 4096, 512, 32
+    q, k, v, _ = make_operands(b, n, m, d, d, torch.float32, "cpu", seed=7)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    n_by_m = b * n * m * 4
+
+    def run(t_matmul, matmul):
+        return lambda: matmul(q, k, t_matmul(q, k, v)).sum()
+
+    ext = _saved_bytes(run(custom_ops.kernel_t_matmul, custom_ops.kernel_matmul))
+    ref = _saved_bytes(run(reference.kernel_t_matmul, reference.kernel_matmul))
+    assert ref >= n_by_m  # the reference keeps (at least) one full A
+    assert ext <= 4 * (q.numel() + k.numel() + v.numel() + b * m * d)  # inputs + the m x c context only
+    assert ext * 10 < ref
+
+
+def _ext():
+    from mmsoft.ops.ext_loader import get_ext
+    return get_ext("cpu")
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("q_2d", r"q must be a 3-D tensor \(B, N, d\)"),
+    ("q_int", r"q must be float16, bfloat16, float32 or float64"),
+    ("k_wrong_dtype", r"k must be Float \(landmark-sized operands use the accumulation dtype"),
+    ("k_wrong_d", r"k must have shape \(B, m, d\)"),
+    ("v_wrong_n", r"v must have shape \(B, N, c\)"),
+    ("v_wrong_dtype", r"v must be Half"),
+    ("v_not_contiguous", r"v \(B, N, c\) must be contiguous"),
+    ("no_landmarks", r"at least one landmark"),
+    ("meta_device", r"CPU or CUDA device"),
+])
+def test_bad_inputs_raise_clear_errors(needs_cpu_ext, case, pattern):
+    q = torch.randn(2, 10, 8, dtype=torch.float16)
+    k = torch.randn(2, 4, 8)
+    v = torch.randn(2, 10, 3, dtype=torch.float16)
+    if case == "q_2d":
+        q = q[0]
+    elif case == "q_int":
+        q = q.to(torch.int32)
+    elif case == "k_wrong_dtype":
+        k = k.half()
+    elif case == "k_wrong_d":
+        k = torch.randn(2, 4, 9)
+    elif case == "v_wrong_n":
+        v = v[:, :9]
+    elif case == "v_wrong_dtype":
+        v = v.float()
+    elif case == "v_not_contiguous":
+        v = torch.randn(2, 3, 10, dtype=torch.float16).transpose(1, 2)
+    elif case == "no_landmarks":
+        k = k[:, :0]
+    elif case == "meta_device":
+        q, k, v = (t.to("meta") for t in (q, k, v))
+    with pytest.raises(RuntimeError, match=pattern):
+        _ext().kernel_t_matmul_forward(q, k, v)
+
+
+def test_bad_grad_shape_raises(needs_cpu_ext):
+    q, k, _, w = make_operands(2, 10, 4, 8, 3, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape \(B, N, c\)"):
+        _ext().kernel_matmul_backward(q, k, w, torch.zeros(2, 10, 4))
+    with pytest.raises(RuntimeError, match=r"grad_out must be Float"):
+        _ext().kernel_t_matmul_backward(q, k, torch.zeros(2, 10, 3), torch.zeros(2, 4, 3, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_rejects_float64_and_wide_heads():
+    from mmsoft.ops.ext_loader import ext_available, get_ext
+    if not ext_available("cuda"):
+        pytest.skip("the extension was built without CUDA")
+    ext = get_ext("cuda")
+    q, k, v, _ = make_operands(1, 8, 2, 4, 4, torch.float64, "cuda")
+    with pytest.raises(RuntimeError, match="float64"):
+        ext.kernel_t_matmul_forward(q, k, v)
+    q, k, v, _ = make_operands(1, 8, 2, 130, 4, torch.float32, "cuda")
+    with pytest.raises(RuntimeError, match="up to 128"):
+        ext.kernel_t_matmul_forward(q, k, v)

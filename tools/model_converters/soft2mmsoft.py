@@ -1,0 +1,49 @@
+"""Convert an official SOFT / SOFT-Norm ImageNet checkpoint (github fudan-zvg/SOFT, timm-style keys) to mmsoft.
+
+    python tools/model_converters/soft2mmsoft.py SOFT_Tiny_norm.pth.tar soft-t-norm_in1k_mmsoft.pth
+
+The output is a plain state dict of ``mmsoft.SOFT`` (classifier head, cls token and the cls slot of the stage-4
+position embedding removed) that loads with ``strict=True`` and works as
+``init_cfg=dict(type='Pretrained', checkpoint=...)``. Such a config can also point at the original file
+directly: the backbone converts it on the fly.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import OrderedDict
+
+import torch
+
+from mmsoft.models.backbones.soft_converter import load_checkpoint_file, soft_convert
+
+
+def parse_args() -> argparse.Namespace:
+    """Parse the command line (mmdet converter style: SRC DST)."""
+    parser = argparse.ArgumentParser(
+        description="Convert keys of official SOFT ImageNet checkpoints to mmsoft's SOFT backbone names")
+    parser.add_argument("src", help="source checkpoint (reference SOFT / timm format), path or URL")
+    parser.add_argument("dst", help="where to save the converted state dict")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use 'state_dict' instead of the EMA weights ('state_dict_ema', the ones the reference "
+                             "evaluates) when the checkpoint has both")
+    parser.add_argument("--skip-unknown", action="store_true",
+                        help="leave out (and list) keys the converter does not know instead of stopping")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Load SRC, convert it and save the state dict to DST."""
+    args = parse_args()
+    checkpoint = load_checkpoint_file(args.src, map_location="cpu")
+    state = soft_convert(checkpoint, strict=not args.skip_unknown, use_ema=not args.no_ema)
+    torch.save(OrderedDict(state), args.dst)  # a plain OrderedDict: loadable without mmsoft, weights_only-safe
+    passed = len(state) - state.reference_keys
+    print(f"converted {state.reference_keys} reference keys, passed through {passed} mmsoft keys, "
+          f"dropped {len(state.dropped)}: {', '.join(state.dropped) or 'none'}")
+    if state.unexpected:
+        print(f"skipped {len(state.unexpected)} unknown keys: {', '.join(state.unexpected)}")
+    print(f"saved {len(state)} tensors to {args.dst}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Evaluate a checkpoint of an mmdet or mmseg config with an mmsoft backbone (mmdet's CLI)."""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope
+
+
+def parse_args() -> argparse.Namespace:
+    """Parse the mmdet-style command line."""
+    parser = argparse.ArgumentParser(description="Test (and evaluate) a model with an mmsoft backbone")
+    parser.add_argument("config", help="test config file path")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("--work-dir", help="the dir to save the evaluation metrics")
+    parser.add_argument("--out", help="dump predictions to this pickle file for offline evaluation")
+    parser.add_argument("--show-dir", help="save visualised predictions under work_dir/timestamp/SHOW_DIR")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override config settings, key=value pairs")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args()
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def main() -> None:
+    """Build the runner, load the checkpoint and run the test loop."""
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    scope = prepare_scope(cfg)
+    check_dataset_exists(cfg, ("test_dataloader",))
+    allow_mmengine_checkpoint_types()
+    if args.show_dir:
+        vis_hook = cfg.default_hooks.get("visualization")
+        if vis_hook is None:
+            raise RuntimeError("--show-dir needs a 'visualization' hook in default_hooks")
+        vis_hook["draw"] = True
+        if scope == "mmdet":
+            vis_hook["test_out_dir"] = args.show_dir
+        else:
+            vis_hook["interval"] = 1
+            cfg.visualizer["save_dir"] = args.show_dir
+    if args.out is not None:
+        if not args.out.endswith((".pkl", ".pickle")):
+            raise ValueError(f"--out must be a .pkl/.pickle file, got {args.out}")
+        cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) else cfg.test_evaluator
+        cfg.test_evaluator.append(dict(type="DumpResults", out_file_path=args.out))
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner.test()
+
+
+if __name__ == "__main__":
+    main()

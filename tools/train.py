@@ -1,0 +1,74 @@
+"""Train a detector (mmdet config) or segmentor (mmseg config) with an mmsoft backbone.
+
+Same command line as mmdet's tools/train.py; the config's ``default_scope`` picks the codebase.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope
+
+
+def parse_args() -> argparse.Namespace:
+    """Parse the mmdet-style command line."""
+    parser = argparse.ArgumentParser(description="Train a model with an mmsoft backbone")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument("--amp", action="store_true", default=False, help="enable automatic mixed precision")
+    parser.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by the real batch size")
+    parser.add_argument("--resume", nargs="?", type=str, const="auto",
+                        help="resume from this checkpoint; without a path, from the latest in work_dir")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
+                        help="override config settings, key=value pairs, e.g. train_cfg.max_iters=10")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args()
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Load the config and apply the command-line overrides."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    if args.auto_scale_lr:
+        if "auto_scale_lr" not in cfg or "base_batch_size" not in cfg.auto_scale_lr:
+            raise RuntimeError("--auto-scale-lr needs auto_scale_lr.base_batch_size in the config")
+        cfg.auto_scale_lr.enable = True
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main() -> None:
+    """Build the runner from the config and train."""
+    args = parse_args()
+    cfg = build_config(args)
+    prepare_scope(cfg)
+    check_dataset_exists(cfg, ("train_dataloader",))
+    allow_mmengine_checkpoint_types()
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
