@@ -2,12 +2,13 @@
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope
+from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope, setup_cpu_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,8 +43,12 @@ def main() -> None:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     scope = prepare_scope(cfg)
-    check_dataset_exists(cfg, ("test_dataloader",))
+    try:
+        check_dataset_exists(cfg, ("test_dataloader",))
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
     allow_mmengine_checkpoint_types()
+    setup_cpu_distributed(cfg)
     if args.show_dir:
         vis_hook = cfg.default_hooks.get("visualization")
         if vis_hook is None:

@@ -5,12 +5,13 @@ Same command line as mmdet's tools/train.py; the config's ``default_scope`` pick
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope
+from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope, setup_cpu_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,8 +65,12 @@ def main() -> None:
     args = parse_args()
     cfg = build_config(args)
     prepare_scope(cfg)
-    check_dataset_exists(cfg, ("train_dataloader",))
+    try:
+        check_dataset_exists(cfg, ("train_dataloader",))
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
     allow_mmengine_checkpoint_types()
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     runner.train()
 
