@@ -3,6 +3,7 @@
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',
+    './_base_/cpu_demo_schedule.py',
 ]
 custom_imports = dict(imports=['mmsoft'], allow_failed_imports=False)
 
@@ -10,7 +11,6 @@ data_root = 'data/demo/ade/'
 classes = ('background', 'circle', 'square', 'triangle')
 metainfo = dict(classes=classes, palette=[(40, 40, 40), (220, 20, 60), (0, 128, 255), (60, 180, 75)])
 img_size = 128
-max_iters = 600
 crop_size = (img_size, img_size)
 norm_cfg = dict(type='BN', requires_grad=True)
 
@@ -58,20 +58,7 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
-    paramwise_cfg=dict(custom_keys=dict(pos_embed=dict(decay_mult=0.0), norm=dict(decay_mult=0.0))),
-    clip_grad=dict(max_norm=10.0, norm_type=2))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=1e-5),
-]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=600, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
-randomness = dict(seed=0)
