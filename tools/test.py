@@ -8,7 +8,13 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope, setup_cpu_distributed
+from mmsoft.utils import (
+    allow_mmengine_checkpoint_types,
+    check_backbone_channels,
+    check_dataset_exists,
+    prepare_scope,
+    setup_cpu_distributed,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,6 +71,7 @@ def main() -> None:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) else cfg.test_evaluator
         cfg.test_evaluator.append(dict(type="DumpResults", out_file_path=args.out))
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    check_backbone_channels(runner.model)
     runner.test()
 
 

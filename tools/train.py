@@ -11,7 +11,13 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmsoft.utils import allow_mmengine_checkpoint_types, check_dataset_exists, prepare_scope, setup_cpu_distributed
+from mmsoft.utils import (
+    allow_mmengine_checkpoint_types,
+    check_backbone_channels,
+    check_dataset_exists,
+    prepare_scope,
+    setup_cpu_distributed,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,6 +78,7 @@ def main() -> None:
     allow_mmengine_checkpoint_types()
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    check_backbone_channels(runner.model)
     runner.train()
 
 

@@ -1,5 +1,7 @@
 # UperNet with SOFT-Tiny-Norm, trained from scratch on the synthetic ADE20K-style demo data
 # (python tools/misc/make_demo_data.py) on the CPU. Label 0 is background and is a real class here.
+# Shorter than the detection demo (200 iterations of 4 images, a 64-channel head): one SOFT-Tiny
+# UperNet step on 8 images takes ~7 s on one CPU core, and the shapes are learned well before that.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',
@@ -12,6 +14,7 @@ classes = ('background', 'circle', 'square', 'triangle')
 metainfo = dict(classes=classes, palette=[(40, 40, 40), (220, 20, 60), (0, 128, 255), (60, 180, 75)])
 img_size = 128
 crop_size = (img_size, img_size)
+max_iters = 200
 norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
@@ -24,7 +27,7 @@ model = dict(
         sym_norm=True,
         drop_path_rate=0.0,
         init_cfg=None),
-    decode_head=dict(in_channels=[64, 128, 320, 512], channels=128, num_classes=len(classes), norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=[64, 128, 320, 512], channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=320, in_index=2, channels=64, num_classes=len(classes), norm_cfg=norm_cfg))
 
 train_pipeline = [
@@ -41,14 +44,14 @@ test_pipeline = [
 dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.png',
                seg_map_suffix='.png', reduce_zero_label=False)
 train_dataloader = dict(
-    batch_size=8,
+    batch_size=4,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(**dataset, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
                  pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1,
+    batch_size=8,
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
@@ -58,7 +61,12 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=20, end=max_iters, eta_min=1e-5),
+]
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=600, max_keep_ckpts=1))
+    logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)

@@ -115,18 +115,21 @@ def _ext_unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     return None
 
 
-def _log_fallback_once(reason: str) -> None:
-    if reason in _fallbacks_logged:
-        return
-    _fallbacks_logged.add(reason)
-    msg = f"mmsoft soft_attention(impl='auto'): {reason}; using the PyTorch reference. To build the extension, " \
-          f"{ext_loader.BUILD_HINT}."
+def _emit_log(msg: str) -> None:
     try:
         from mmengine.logging import print_log
     except ImportError:
         logging.getLogger("mmsoft").warning(msg)
     else:
         print_log(msg, logger="current", level=logging.WARNING)
+
+
+def _log_fallback_once(reason: str) -> None:
+    if reason in _fallbacks_logged:
+        return
+    _fallbacks_logged.add(reason)
+    _emit_log(f"mmsoft soft_attention(impl='auto'): {reason}; using the PyTorch reference. To build the "
+              f"extension, {ext_loader.BUILD_HINT}.")
 
 
 def resolve_impl(impl: str, q: Tensor, k: Tensor, v: Tensor) -> str:

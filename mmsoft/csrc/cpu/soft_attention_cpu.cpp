@@ -5,13 +5,15 @@
 //     [q, -|q|^2/2, 1] . [k, 1, -|k|^2/2]^T = -|q - k|^2 / 2,
 // followed by clamp + exp (ATen's vectorised kernels), and immediately consumed by the next GEMM(s). A is never
 // stored whole: extra memory is O(threads * rows * m) scratch plus O(B * chunks * m * (d + c)) partial sums.
-// Reductions over N (A^T v, dk, dw) are done per (batch, chunk of blocks) task into private partial buffers that are
-// summed at the end, so results do not depend on thread scheduling. All arithmetic runs in acc(T) (fp32 / fp64).
+// Work is split into (batch, chunk of row blocks) tasks, scheduled dynamically over the threads. Reductions over N
+// (A^T v, dk, dw) go to one private partial buffer per task, summed in a fixed order at the end, so results do not
+// depend on thread scheduling. All arithmetic runs in acc(T) (fp32 / fp64).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <atomic>
 #include <tuple>
 #include <utility>
 
@@ -31,10 +33,11 @@ struct Plan {
     rows = std::clamp<int64_t>(kTileElems / std::max<int64_t>(m, 1), 16, 512);
     rows = std::min(rows, std::max<int64_t>(n, 1));
     blocks = (n + rows - 1) / rows;
-    // Enough (batch, chunk) tasks to keep every thread busy; chunks only split N within one batch item.
+    // About 4 (batch, chunk) tasks per thread, so that threads that finish early take over work (see for_each_task).
+    // The chunking depends only on the sizes and the thread count, never on the data or the scheduling.
     const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-    const int64_t want = (threads + std::max<int64_t>(batch, 1) - 1) / std::max<int64_t>(batch, 1);
-    chunks = std::clamp<int64_t>(want, 1, std::max<int64_t>(blocks, 1));
+    const int64_t b = std::max<int64_t>(batch, 1);
+    chunks = std::clamp<int64_t>((4 * threads + b - 1) / b, 1, std::max<int64_t>(blocks, 1));
   }
   int64_t tasks() const { return batch * chunks; }
   // Row blocks [first, last) handled by chunk `ch`.
@@ -42,6 +45,25 @@ struct Plan {
     return {ch * blocks / chunks, (ch + 1) * blocks / chunks};
   }
 };
+
+// Runs body(scratch, task) for every task with dynamic scheduling: each thread makes its scratch once, then pulls
+// task indices from a shared counter. Static partitions stall badly when the machine is oversubscribed (a thread
+// that finished its share spin-waits on the OpenMP barrier while its partner is descheduled); here a late thread
+// delays the end by at most one task. Results do not depend on which thread ran a task: every task owns its output
+// rows or its partial-sum slot.
+template <typename MakeScratch, typename Body>
+void for_each_task(const Plan& plan, const MakeScratch& make_scratch, const Body& body) {
+  std::atomic<int64_t> next{0};
+  const int64_t tasks = plan.tasks();
+  const int64_t workers = std::min<int64_t>(tasks, std::max<int64_t>(1, at::get_num_threads()));
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard no_grad_worker;
+    auto scratch = make_scratch();
+    for (int64_t w = begin; w < end; ++w) {
+      for (int64_t task = next.fetch_add(1); task < tasks; task = next.fetch_add(1)) body(scratch, task);
+    }
+  });
+}
 
 // [k, 1, -|k|^2 / 2]: (B, m, d + 2), contiguous, in k's (accumulation) dtype.
 at::Tensor augment_landmarks(const at::Tensor& k) {
@@ -78,31 +100,34 @@ at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, con
   at::NoGradGuard no_grad;
   const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = v.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
-  if (batch == 0 || n == 0 || c == 0) return at::zeros({batch, m, c}, acc_opts);
+  if (batch == 0 || n == 0) return at::zeros({batch, m, c}, acc_opts);
   const Plan plan(batch, n, m);
   const auto kaug = augment_landmarks(k);
   auto part = at::zeros({batch, plan.chunks, m, c}, acc_opts);
-  const bool convert_v = v.scalar_type() != acc_opts.dtype().toScalarType();
+  const bool convert = v.scalar_type() != acc_opts.dtype().toScalarType();
 
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
-    at::NoGradGuard no_grad_worker;
-    auto qa_buf = at::empty({plan.rows, d + 2}, acc_opts);
-    auto a_buf = at::empty({plan.rows, m}, acc_opts);
-    auto v_buf = convert_v ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / plan.chunks, ch = task % plan.chunks;
-      auto part_bc = part[b][ch];
-      const auto q_b = q[b], v_b = v[b], kaug_b = kaug[b];
-      const auto range = plan.block_range(ch);
-      for (int64_t blk = range.first; blk < range.second; ++blk) {
-        const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
-        auto qa = qa_buf.narrow(0, 0, rows);
-        auto a = a_buf.narrow(0, 0, rows);
-        gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
-        part_bc.addmm_(a.t(), rows_as_acc(v_b, n0, rows, v_buf));
-      }
-    }
-  });
+  struct Scratch {
+    at::Tensor qa, a, v;
+  };
+  for_each_task(
+      plan,
+      [&] {
+        return Scratch{at::empty({plan.rows, d + 2}, acc_opts), at::empty({plan.rows, m}, acc_opts),
+                       convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
+      },
+      [&](Scratch& buf, int64_t task) {
+        const int64_t b = task / plan.chunks, ch = task % plan.chunks;
+        auto part_bc = part[b][ch];
+        const auto q_b = q[b], v_b = v[b], kaug_b = kaug[b];
+        const auto range = plan.block_range(ch);
+        for (int64_t blk = range.first; blk < range.second; ++blk) {
+          const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+          auto qa = buf.qa.narrow(0, 0, rows);
+          auto a = buf.a.narrow(0, 0, rows);
+          gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+          part_bc.addmm_(a.t(), rows_as_acc(v_b, n0, rows, buf.v));
+        }
+      });
   return part.sum(1);
 }
 
@@ -114,34 +139,37 @@ at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const
   if (out.numel() == 0) return out;
   const Plan plan(batch, n, m);
   const auto kaug = augment_landmarks(k);
-  const bool convert_out = q.scalar_type() != acc_opts.dtype().toScalarType();
+  const bool convert = q.scalar_type() != acc_opts.dtype().toScalarType();
 
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
-    at::NoGradGuard no_grad_worker;
-    auto qa_buf = at::empty({plan.rows, d + 2}, acc_opts);
-    auto a_buf = at::empty({plan.rows, m}, acc_opts);
-    auto o_buf = convert_out ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / plan.chunks, ch = task % plan.chunks;
-      const auto q_b = q[b], w_b = w[b], kaug_b = kaug[b];
-      auto out_b = out[b];
-      const auto range = plan.block_range(ch);
-      for (int64_t blk = range.first; blk < range.second; ++blk) {
-        const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
-        auto qa = qa_buf.narrow(0, 0, rows);
-        auto a = a_buf.narrow(0, 0, rows);
-        gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
-        auto out_rows = out_b.narrow(0, n0, rows);
-        if (convert_out) {
-          auto o = o_buf.narrow(0, 0, rows);
-          at::mm_out(o, a, w_b);
-          out_rows.copy_(o);
-        } else {
-          at::mm_out(out_rows, a, w_b);
+  struct Scratch {
+    at::Tensor qa, a, out;
+  };
+  for_each_task(
+      plan,
+      [&] {
+        return Scratch{at::empty({plan.rows, d + 2}, acc_opts), at::empty({plan.rows, m}, acc_opts),
+                       convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
+      },
+      [&](Scratch& buf, int64_t task) {
+        const int64_t b = task / plan.chunks, ch = task % plan.chunks;
+        const auto q_b = q[b], w_b = w[b], kaug_b = kaug[b];
+        auto out_b = out[b];
+        const auto range = plan.block_range(ch);
+        for (int64_t blk = range.first; blk < range.second; ++blk) {
+          const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+          auto qa = buf.qa.narrow(0, 0, rows);
+          auto a = buf.a.narrow(0, 0, rows);
+          gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+          auto out_rows = out_b.narrow(0, n0, rows);
+          if (convert) {
+            auto o = buf.out.narrow(0, 0, rows);
+            at::mm_out(o, a, w_b);
+            out_rows.copy_(o);
+          } else {
+            at::mm_out(out_rows, a, w_b);
+          }
         }
-      }
-    }
-  });
+      });
   return out;
 }
 
@@ -174,51 +202,55 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
     part_x = at::zeros({batch, plan.chunks, m, c}, acc_opts);
   }
 
-  at::parallel_for(0, plan.tasks(), 1, [&](int64_t begin, int64_t end) {
-    at::NoGradGuard no_grad_worker;
-    auto qa_buf = at::empty({plan.rows, d + 2}, acc_opts);
-    auto a_buf = at::empty({plan.rows, m}, acc_opts);
-    auto g_buf = at::empty({plan.rows, m}, acc_opts);
-    auto dq_buf = at::empty({plan.rows, d + 2}, acc_opts);
-    auto x_buf = convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
-    auto dx_buf = (convert && kTransposed) ? at::empty({plan.rows, c}, acc_opts) : at::Tensor();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / plan.chunks, ch = task % plan.chunks;
-      const auto q_b = q[b], x_b = x[b], y_b = y[b], kaug_b = kaug[b];
-      auto dq_b = dq[b];
-      auto part_k_bc = part_k[b][ch];
-      const auto range = plan.block_range(ch);
-      for (int64_t blk = range.first; blk < range.second; ++blk) {
-        const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
-        auto qa = qa_buf.narrow(0, 0, rows);
-        auto a = a_buf.narrow(0, 0, rows);
-        auto g = g_buf.narrow(0, 0, rows);
-        auto dqa = dq_buf.narrow(0, 0, rows);
-        gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
-        const auto x_rows = rows_as_acc(x_b, n0, rows, x_buf);
-        at::mm_out(g, x_rows, y_b.t());
-        g.mul_(a);
-        // [G k, rowsum(G), *] in one GEMM thanks to the augmented landmarks.
-        at::mm_out(dqa, g, kaug_b);
-        auto dq_rows = dqa.narrow(1, 0, d);
-        dq_rows.addcmul_(dqa.narrow(1, d, 1), qa.narrow(1, 0, d), -1);
-        dq_b.narrow(0, n0, rows).copy_(dq_rows);
-        part_k_bc.addmm_(g.t(), qa);
-        if constexpr (kTransposed) {
-          auto dx_rows = dx[b].narrow(0, n0, rows);
-          if (convert) {
-            auto tmp = dx_buf.narrow(0, 0, rows);
-            at::mm_out(tmp, a, y_b);
-            dx_rows.copy_(tmp);
+  struct Scratch {
+    at::Tensor qa, a, g, dqa, x, dx;
+  };
+  for_each_task(
+      plan,
+      [&] {
+        return Scratch{at::empty({plan.rows, d + 2}, acc_opts),
+                       at::empty({plan.rows, m}, acc_opts),
+                       at::empty({plan.rows, m}, acc_opts),
+                       at::empty({plan.rows, d + 2}, acc_opts),
+                       convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor(),
+                       (convert && kTransposed) ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
+      },
+      [&](Scratch& buf, int64_t task) {
+        const int64_t b = task / plan.chunks, ch = task % plan.chunks;
+        const auto q_b = q[b], x_b = x[b], y_b = y[b], kaug_b = kaug[b];
+        auto dq_b = dq[b];
+        auto part_k_bc = part_k[b][ch];
+        const auto range = plan.block_range(ch);
+        for (int64_t blk = range.first; blk < range.second; ++blk) {
+          const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+          auto qa = buf.qa.narrow(0, 0, rows);
+          auto a = buf.a.narrow(0, 0, rows);
+          auto g = buf.g.narrow(0, 0, rows);
+          auto dqa = buf.dqa.narrow(0, 0, rows);
+          gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+          const auto x_rows = rows_as_acc(x_b, n0, rows, buf.x);
+          at::mm_out(g, x_rows, y_b.t());
+          g.mul_(a);
+          // [G k, rowsum(G), *] in one GEMM thanks to the augmented landmarks.
+          at::mm_out(dqa, g, kaug_b);
+          auto dq_rows = dqa.narrow(1, 0, d);
+          dq_rows.addcmul_(dqa.narrow(1, d, 1), qa.narrow(1, 0, d), -1);
+          dq_b.narrow(0, n0, rows).copy_(dq_rows);
+          part_k_bc.addmm_(g.t(), qa);
+          if constexpr (kTransposed) {
+            auto dx_rows = dx[b].narrow(0, n0, rows);
+            if (convert) {
+              auto tmp = buf.dx.narrow(0, 0, rows);
+              at::mm_out(tmp, a, y_b);
+              dx_rows.copy_(tmp);
+            } else {
+              at::mm_out(dx_rows, a, y_b);
+            }
           } else {
-            at::mm_out(dx_rows, a, y_b);
+            part_x[b][ch].addmm_(a.t(), x_rows);
           }
-        } else {
-          part_x[b][ch].addmm_(a.t(), x_rows);
         }
-      }
-    }
-  });
+      });
   const auto dk_aug = part_k.sum(1);
   auto dk = dk_aug.narrow(2, 0, d) - dk_aug.narrow(2, d + 1, 1) * k;
   return {dq, dk, kTransposed ? dx : part_x.sum(1)};

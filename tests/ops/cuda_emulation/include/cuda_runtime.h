@@ -68,7 +68,8 @@ struct Launch {
     for (unsigned bz = 0; bz < grid.z; ++bz) {
       for (unsigned by = 0; by < grid.y; ++by) {
         for (unsigned bx = 0; bx < grid.x; ++bx) {
-          std::memset(g_shared, 0xff, kSharedBytes + kCanaryBytes);  // NaN garbage: uninitialised reads show up in results
+          // NaN garbage: reads of shared memory nobody wrote show up in the results.
+          std::memset(g_shared, 0xff, kSharedBytes + kCanaryBytes);
           std::barrier<> bar(threads);
           std::vector<std::thread> pool;
           pool.reserve(threads);
@@ -94,7 +95,7 @@ struct Launch {
 };
 
 template <typename... P>
-Launch<P...> make_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem) {
+Launch<P...> make_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t /*stream*/) {
   return Launch<P...>{kernel, grid, block, smem};
 }
 
@@ -108,4 +109,5 @@ inline cudaError_t cudaFuncSetAttribute(K* kernel, cudaFuncAttribute attr, int v
   return cudaSuccess;
 }
 
-#define MMSOFT_KERNEL_LAUNCH(kernel, grid, block, smem, stream) ::emu::make_launch(kernel, dim3(grid), dim3(block), smem)
+#define MMSOFT_KERNEL_LAUNCH(kernel, grid, block, smem, stream) \
+  ::emu::make_launch(kernel, dim3(grid), dim3(block), smem, stream)

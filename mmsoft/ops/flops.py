@@ -1,0 +1,100 @@
+"""FLOP counting for the SOFT attention core, for mmengine's jit-trace ``FlopAnalyzer``.
+
+mmengine (like fvcore) counts one multiply-add as one FLOP and only knows a fixed list of aten ops. A trace of a SOFT
+model contains what it cannot see: the fused kernels ``mmsoft::kernel_t_matmul`` / ``mmsoft::kernel_matmul`` (custom
+ops of the compiled extension), the Newton-Schulz pseudo-inverse (one opaque ``prim::PythonOp._NewtonPinv`` node: an
+autograd Function, whose 20 iterations the tracer never records), ``aten::baddbmm`` and stage 4's
+``aten::scaled_dot_product_attention``. Without these handles a SOFT model's FLOPs come out several times too low.
+
+The count is the work the forward executes, per head (``N`` tokens, ``m`` landmarks, head dim ``d``, value dim
+``c``), the same for the extension and the PyTorch reference:
+
+* ``A = exp(-|q_i - k_j|^2 / 2)``: ``N m d``, computed twice (for ``A^T V`` and for ``A W``; both backends recompute
+  it rather than keep an ``N x m`` matrix),
+* ``A^T V`` and ``A W``: ``N m c`` each, ``P (A^T V)``: ``m^2 c``,
+* the landmark kernel ``Ah``: ``m^2 d``, Newton-Schulz: ``2 m^3`` per iteration.
+
+Elementwise work (``exp``, the SOFT-Norm scaling ``D^-1/2 P D^-1/2``) costs nothing, as everywhere in mmengine.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from math import prod
+from typing import Any, Callable
+
+Handle = Callable[[list, list], "int | Counter[str]"]
+
+#: jit node kind of the Newton-Schulz autograd Function (mmengine names PythonOps ``prim::PythonOp.<class name>``).
+NEWTON_PINV_OP = "prim::PythonOp._NewtonPinv"
+
+
+def kernel_product_flops(n: int, m: int, d: int, c: int) -> int:
+    """MACs of one ``A^T V`` or ``A W`` product including the Gaussian kernel ``A (n x m)`` it evaluates."""
+    return n * m * (d + c)
+
+
+def newton_pinv_flops(m: int, num_iters: int) -> int:
+    """MACs of ``num_iters`` Newton-Schulz steps ``V <- 2V - V (Ah V)`` on an ``m x m`` matrix."""
+    return 2 * num_iters * m ** 3
+
+
+def soft_attention_flops(n: int, m: int, d: int, c: int | None = None, num_iters: int = 20,
+                         batch_heads: int = 1) -> int:
+    """MACs of ``mmsoft.ops.soft_attention`` for ``batch_heads`` heads of ``n`` tokens, ``m`` landmarks, head dim ``d``
+    and value dim ``c`` (default ``d``); the same for SOFT and SOFT-Norm (the normalisation is elementwise)."""
+    c = d if c is None else c
+    per_head = (2 * kernel_product_flops(n, m, d, c)  # A^T V and A W, each evaluating A
+                + m * m * d                           # landmark kernel Ah
+                + newton_pinv_flops(m, num_iters)     # pinv(Ah)
+                + m * m * c)                          # P (A^T V)
+    return batch_heads * per_head
+
+
+def _shape(value: Any) -> list[int]:
+    shape = value.type().sizes() if value.isCompleteTensor() else None
+    if shape is None:
+        raise ValueError(f"FLOP counting needs complete tensor shapes in the trace, got {value}")
+    return list(shape)
+
+
+def _kernel_product_handle(inputs: list, outputs: list) -> Counter[str]:
+    # mmsoft::kernel_t_matmul(q (B, N, d), k (B, m, d), v (B, N, c)) and mmsoft::kernel_matmul(q, k, w (B, m, c))
+    q, k, x = (_shape(v) for v in inputs[:3])
+    return Counter(soft_attention=prod(q[:-2]) * kernel_product_flops(q[-2], k[-2], q[-1], x[-1]))
+
+
+def _newton_pinv_handle(num_iters: int | None) -> Handle:
+    def handle(inputs: list, outputs: list) -> Counter[str]:
+        shape = _shape(inputs[0])  # (..., m, m)
+        iters = num_iters
+        if iters is None:  # the Function's non-tensor argument, recorded on the node
+            iters = int(outputs[0].node().scalar_args()[0])
+        return Counter(newton_pinv=prod(shape[:-2]) * newton_pinv_flops(shape[-1], iters))
+    return handle
+
+
+def _baddbmm_handle(inputs: list, outputs: list) -> int:
+    # baddbmm(input, batch1 (B, n, k), batch2 (B, k, p)): the batched product; the scaled add is elementwise
+    b1, b2 = _shape(inputs[1]), _shape(inputs[2])
+    return prod(b1) * b2[-1]
+
+
+def _sdpa_handle(inputs: list, outputs: list) -> int:
+    # scaled_dot_product_attention(q (..., L, E), k (..., S, E), v (..., S, Ev)): q k^T and attn v
+    q, k, v = (_shape(x) for x in inputs[:3])
+    return prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
+def soft_flop_handles(newton_iters: int | None = None) -> dict[str, Handle]:
+    """Op handles for ``FlopAnalyzer.set_op_handle(**soft_flop_handles())`` that make SOFT models count correctly.
+
+    ``newton_iters`` overrides the iteration count recorded in the trace: ``tools/analysis/get_flops.py`` traces with
+    0 iterations (fast) and counts the model's configured number.
+    """
+    return {
+        "mmsoft::kernel_t_matmul": _kernel_product_handle,
+        "mmsoft::kernel_matmul": _kernel_product_handle,
+        NEWTON_PINV_OP: _newton_pinv_handle(newton_iters),
+        "aten::baddbmm": _baddbmm_handle,
+        "aten::scaled_dot_product_attention": _sdpa_handle,
+    }

@@ -1,0 +1,35 @@
+"""The CUDA kernels compile with nvcc for sm_80 and sm_90 on every run (no GPU needed): tools/check_cuda_compile.sh."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "check_cuda_compile.sh"
+NVCC = os.environ.get("NVCC", "nvcc")
+
+pytestmark = pytest.mark.skipif(shutil.which(NVCC) is None, reason="nvcc is not installed")
+
+
+def run_check(**env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env={**os.environ, **env},
+                          timeout=600)
+
+
+def test_cuda_sources_compile_for_sm80_and_sm90():
+    result = run_check()
+    assert result.returncode == 0, result.stdout + result.stderr
+    sources = sorted(p.name for p in (ROOT / "mmsoft" / "csrc" / "cuda").glob("*.cu"))
+    assert sources, "no CUDA sources found"
+    for name in sources:
+        assert f"ok    mmsoft/csrc/cuda/{name} -> sm_80, sm_90" in result.stdout, result.stdout
+
+
+def test_check_fails_on_a_broken_kernel(tmp_path):
+    (tmp_path / "broken.cu").write_text('#include "soft_attention_tiles.cuh"\n'
+                                        "__global__ void broken(float* p) { p[0] = not_declared; }\n")
+    result = run_check(MMSOFT_CUDA_SRC=str(tmp_path), CUDA_ARCHS="80")
+    assert result.returncode != 0
+    assert "FAIL" in result.stdout and "not_declared" in result.stdout
