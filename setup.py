@@ -86,19 +86,24 @@ def make_extensions() -> tuple[list, dict]:
         "",
     ]))
 
-    sources = [str(CSRC / "bindings.cpp")] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / "cpu").glob("*.cpp"))
-    cxx_flags = ["-O3"]  # torch adds its own -std (C++20 for torch 2.13)
+    def rel_sources(sub: str, pattern: str) -> list[str]:
+        return sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / sub).glob(pattern))
+
+    sources = [str(CSRC / "bindings.cpp"), *rel_sources("cpu", "*.cpp")]
+    # torch adds its own -std (C++20 for torch 2.13). at::parallel_for is an inline OpenMP construct: without
+    # -fopenmp it silently runs serially. The extension then shares torch's libgomp (same soname, already loaded).
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags = ["-O3", *openmp]
     include_dirs = [str(ROOT / CSRC)]
     if with_cuda:
-        sources += [str(CSRC / "cuda_bindings.cpp")]
-        sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / "cuda").glob("*.cu"))
+        sources += [str(CSRC / "cuda_bindings.cpp"), *rel_sources("cuda", "*.cu")]
         ext = CUDAExtension(
             name="mmsoft._ext", sources=sources, include_dirs=include_dirs,
             define_macros=[("MMSOFT_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]}, extra_link_args=openmp)
     else:
         ext = CppExtension(name="mmsoft._ext", sources=sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx_flags})
+                           extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp)
     print(f"[mmsoft] building mmsoft._ext ({'CPU + CUDA, archs ' + archs if with_cuda else 'CPU'}) "
           f"against torch {torch.__version__}")
 

@@ -83,6 +83,13 @@ if [ "$STACK_OK" != "yes" ]; then
   pipq install -c "$CONSTRAINTS" "mmengine==0.10.7" "mmdet==3.3.0" "mmsegmentation==1.2.2" \
     ftfy regex pycocotools pytest ruff
 fi
-log "installing mmsoft (editable)"
-pipq install -c "$CONSTRAINTS" --no-build-isolation --no-deps -e "$ROOT"
-"$PY" -c "import mmsoft, mmdet, mmseg, mmcv, torch; print('[install] ok: torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__, '| mmsoft', mmsoft.__version__)"
+# mmsoft's compiled attention core: ninja keeps objects in build/mmsoft-ext, so a re-run is a no-op.
+log "building mmsoft._ext (C++ CPU kernels; CUDA kernels too when torch has CUDA and nvcc is found)"
+(cd "$ROOT" && MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace)
+EDITABLE_AT=$(cd / && "$PY" -c "import os, mmsoft; print(os.path.dirname(os.path.dirname(mmsoft.__file__)))" \
+  2>/dev/null || true)
+if [ "$EDITABLE_AT" != "$ROOT" ]; then
+  log "installing mmsoft (editable)"
+  pipq install -c "$CONSTRAINTS" --no-build-isolation --no-deps -e "$ROOT"
+fi
+(cd / && "$PY" -c "import mmsoft, mmdet, mmseg, mmcv, torch; print('[install] ok: torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__, '| mmsoft', mmsoft.__version__); mmsoft.ops.info()")

@@ -54,8 +54,7 @@ void check_operand(const char* op, const char* name, const char* layout, const a
 // Validates (q, k, x, y) where q / x are N-sized (input dtype T) and k / y landmark-sized (acc(T)).
 // x_rows_n: whether x has N rows (v of A^T v, grad_out of A w) or m rows (w, grad_out of A^T v).
 void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& x, const char* x_name,
-                  bool x_rows_n, int64_t c_expected, const at::Tensor* grad, const char* grad_name,
-                  bool grad_rows_n) {
+                  bool x_rows_n, const at::Tensor* grad, const char* grad_name, bool grad_rows_n) {
   TORCH_CHECK(q.defined() && q.dim() == 3, op, ": q must be a 3-D tensor (B, N, d), got ",
               q.defined() ? q.sizes() : at::IntArrayRef{});
   TORCH_CHECK(is_supported_dtype(q.scalar_type()), op, ": q must be float16, bfloat16, float32 or float64, got ",
@@ -79,8 +78,7 @@ void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, cons
                   "landmark-sized operands use the accumulation dtype: float64 for float64 q, else float32");
   }
   const int64_t c = x.size(2);
-  TORCH_CHECK(c >= 1 && (c_expected < 0 || c == c_expected), op, ": ", x_name, " must have c >= 1 channels, got ",
-              x.sizes());
+  TORCH_CHECK(c >= 1, op, ": ", x_name, " must have c >= 1 channels, got ", x.sizes());
   if (grad != nullptr) {
     if (grad_rows_n) {
       check_operand(op, grad_name, "(B, N, c)", *grad, {batch, n, c}, dtype, device, "the dtype of the op's output");
@@ -99,7 +97,7 @@ void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, cons
 
 at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   constexpr const char* op = "mmsoft kernel_t_matmul (A^T v)";
-  check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, -1, nullptr, nullptr, false);
+  check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, nullptr, nullptr, false);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
     return cuda_impl::kernel_t_matmul_forward(q, k, v);
@@ -112,7 +110,7 @@ at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, con
 
 at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
   constexpr const char* op = "mmsoft kernel_matmul (A w)";
-  check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, -1, nullptr, nullptr, false);
+  check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, nullptr, nullptr, false);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
     return cuda_impl::kernel_matmul_forward(q, k, w);
@@ -127,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
                                                                         const at::Tensor& v,
                                                                         const at::Tensor& grad_out) {
   constexpr const char* op = "mmsoft kernel_t_matmul_backward";
-  check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, -1, &grad_out, "grad_out", /*grad_rows_n=*/false);
+  check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, &grad_out, "grad_out", /*grad_rows_n=*/false);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
     return cuda_impl::kernel_t_matmul_backward(q, k, v, grad_out);
@@ -142,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out) {
   constexpr const char* op = "mmsoft kernel_matmul_backward";
-  check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, -1, &grad_out, "grad_out", /*grad_rows_n=*/true);
+  check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, &grad_out, "grad_out", /*grad_rows_n=*/true);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
     return cuda_impl::kernel_matmul_backward(q, k, w, grad_out);

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import custom_ops, ext_loader, reference
+from . import custom_ops, ext_loader, landmark_solvers, reference
 
 _IMPLS = ("auto", "ext", "reference")
 _CUDA_MAX_CHANNELS = 128
@@ -151,14 +151,14 @@ def resolve_impl(impl: str, q: Tensor, k: Tensor, v: Tensor) -> str:
     return "reference"
 
 
-def _products_reference(q: Tensor, k: Tensor, v: Tensor, inv: Tensor) -> Tensor:
-    work_dtype = inv.dtype
+def _products_reference(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Operator) -> Tensor:
+    work_dtype = landmark_solvers.work_dtype(k.dtype)
     qf, kf, vf = q.to(work_dtype), k.to(work_dtype), v.to(work_dtype)
-    context = inv @ reference.kernel_t_matmul(qf, kf, vf)
+    context = apply_p(reference.kernel_t_matmul(qf, kf, vf))
     return reference.kernel_matmul(qf, kf, context)
 
 
-def _products_ext(q: Tensor, k: Tensor, v: Tensor, inv: Tensor) -> Tensor:
+def _products_ext(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Operator) -> Tensor:
     # N-sized operands in one input dtype T; landmark-sized ones (k, P, context) in acc(T), see custom_ops.
     if torch.float64 in (q.dtype, k.dtype, v.dtype):
         dtype = torch.float64
@@ -170,23 +170,26 @@ def _products_ext(q: Tensor, k: Tensor, v: Tensor, inv: Tensor) -> Tensor:
     q3 = q.to(dtype).reshape(batch, n, d)
     v3 = v.to(dtype).reshape(batch, n, c)
     k3 = k.to(acc).reshape(batch, m, d)
-    context = inv.to(acc).reshape(batch, m, m) @ custom_ops.kernel_t_matmul(q3, k3, v3)
+    context = apply_p(custom_ops.kernel_t_matmul(q3, k3, v3).view(*lead, m, c)).to(acc).reshape(batch, m, c)
     return custom_ops.kernel_matmul(q3, k3, context).reshape(*lead, n, c)
 
 
 def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_iters: int = 20,
-                   impl: str = "auto") -> Tensor:
+                   impl: str = "auto", solver: str = "newton") -> Tensor:
     """SOFT attention ``A . (P . (A^T v))`` for queries ``q (..., N, d)``, landmarks ``k (..., m, d)``
     and values ``v (..., N, c)``; returns ``(..., N, c)`` in ``v``'s dtype.
 
     ``q`` is used as given (the caller applies the ``d^-1/4`` scale). ``impl`` selects the backend:
     ``'auto'`` (extension when available for the device, else reference), ``'ext'`` or ``'reference'``.
+    ``solver`` evaluates ``P . (A^T v)``: ``'newton'`` (default), ``'newton_thin'`` or ``'cholesky'``, see
+    :mod:`mmsoft.ops.landmark_solvers`.
     """
     _check_impl(impl)
+    landmark_solvers.check_solver(solver)
     _check_inputs(q, k, v)
     backend = resolve_impl(impl, q, k, v)
-    inv = landmark_inverse(k, sym_norm=sym_norm, num_iters=num_iters)
+    apply_p = landmark_solvers.landmark_operator(k, sym_norm=sym_norm, num_iters=num_iters, solver=solver)
     with torch.autocast(device_type=q.device.type, enabled=False):
         products = _products_ext if backend == "ext" else _products_reference
-        out = products(q, k, v, inv)
+        out = products(q, k, v, apply_p)
     return out.to(v.dtype)

@@ -9,7 +9,11 @@ Peak memory:
   * CPU: the process' peak resident set size over the timed runs minus its resident size just before them
     (Linux: the peak counter VmHWM is reset through /proc/self/clear_refs after inputs are built and one warm-up
     run has happened; where that is not allowed, ru_maxrss of the fresh process minus the RSS before the first run).
-    This counts every allocation (torch's CPU allocator, MKL scratch, the Newton GEMMs), not only tensors.
+    This counts every allocation (torch's CPU allocator, MKL scratch, the Newton GEMMs), not only tensors. Workers
+    run with MALLOC_MMAP_THRESHOLD_=131072 so that glibc returns freed large blocks to the OS (its default
+    threshold grows after frees, and memory kept from the warm-up run would hide part of the next run's peak).
+    ``cold_peak_bytes`` is the same measure over the first run, one-time initialisation (thread pools, BLAS
+    buffers) included.
   * CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated bytes before the run (caching allocator view).
 Time: median wall time of ``--repeat`` runs after one warm-up run (one run only when a run takes more than 10 s).
 
@@ -75,6 +79,12 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M)
+    return int(match.group(1)) * 1024 if match else 1 << 62
+
+
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Time and measure one (impl, N, mode) case in this (fresh) process."""
     import torch
@@ -84,6 +94,15 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["threads"] > 0:
         torch.set_num_threads(spec["threads"])
+    # Guard against swapping / the OOM killer: the reference keeps ~4 N x m matrices alive in backward,
+    # softmax attention may build the N x N matrix (math fallback).
+    n_by_m = spec["bh"] * spec["n"] * (spec["n"] if spec["impl"] == "sdpa" else spec["m"]) * 4
+    need = n_by_m * (6 if spec["mode"] == "fwdbwd" else 3)
+    if spec["device"] == "cpu" and spec["impl"] != "ext" and need > 0.7 * _available_bytes():
+        probe = _probe_sdpa_flash(torch, F) if spec["impl"] == "sdpa" else False
+        if not probe:
+            return {**spec, "error": f"skipped: could need ~{need / 2**30:.0f} GiB, "
+                                     f"{_available_bytes() / 2**30:.0f} GiB available"}
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     bh, n, m, d, impl, mode = spec["bh"], spec["n"], spec["m"], spec["d"], spec["impl"], spec["mode"]
     gen = torch.Generator().manual_seed(0)
@@ -93,7 +112,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         k = (torch.randn(bh, n, d, generator=gen) * d ** -0.25).to(device, dtype)
 
         def attention(q, k, v):
-            return F.scaled_dot_product_attention(q, k, v)
+            # 4-D (1, B*H, N, d): the layout the fused (flash / memory-efficient) SDPA kernels accept; 3-D inputs
+            # fall back to the math path, which materialises B*H x N x N.
+            return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
     else:
         # Landmarks as the layer makes them: averages of query patches (a well-conditioned landmark kernel).
         k = q.float().reshape(bh, m, n // m, d).mean(2) if n % m == 0 else torch.randn(bh, m, d, generator=gen)
@@ -123,9 +144,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         sync()
 
     rss_start = _status_kib("VmRSS")
+    cold_reset = _reset_peak_rss()
     t0 = time.perf_counter()
     once()  # warm-up: lazy initialisation, allocator growth
     warm = time.perf_counter() - t0
+    cold_peak = (_status_kib("VmHWM") - rss_start) * 1024 if cold_reset and device.type == "cpu" else None
     repeat = 1 if warm > 10 else spec["repeat"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -148,8 +171,17 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) * 1024
         method = "ru_maxrss of a fresh process"
     return {**spec, "time_s": statistics.median(times), "times_s": times, "warmup_s": warm,
-            "peak_bytes": max(int(peak), 0), "memory_method": method,
+            "peak_bytes": max(int(peak), 0), "cold_peak_bytes": cold_peak, "memory_method": method,
             "resolved_impl": impl if impl == "sdpa" else _resolved(impl, q, k, v)}
+
+
+def _probe_sdpa_flash(torch, F) -> bool:
+    """Whether SDPA on CPU runs a fused kernel (O(N) memory) for 4-D fp32 inputs: checked on a small problem."""
+    q = torch.randn(1, 2, 4096, 32)
+    before = _status_kib("VmRSS")
+    _reset_peak_rss()
+    F.scaled_dot_product_attention(q, q, q)
+    return (_status_kib("VmHWM") - before) * 1024 < 2 * 4096 * 4096 * 4  # far below one 4096 x 4096 matrix per head
 
 
 def _resolved(impl: str, q, k, v) -> str:
@@ -162,8 +194,9 @@ def _resolved(impl: str, q, k, v) -> str:
 def run_in_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one case in a fresh interpreter; errors and timeouts become entries with an ``error`` field."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**spec, "error": f"timeout after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

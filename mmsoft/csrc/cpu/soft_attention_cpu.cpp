@@ -47,10 +47,10 @@ struct Plan {
 };
 
 // Runs body(scratch, task) for every task with dynamic scheduling: each thread makes its scratch once, then pulls
-// task indices from a shared counter. Static partitions stall badly when the machine is oversubscribed (a thread
-// that finished its share spin-waits on the OpenMP barrier while its partner is descheduled); here a late thread
-// delays the end by at most one task. Results do not depend on which thread ran a task: every task owns its output
-// rows or its partial-sum slot.
+// task indices from a shared counter, so a thread that is descheduled (shared machines) or slowed down delays the
+// end by at most one task instead of its whole static share. Results do not depend on which thread ran a task:
+// every task owns its output rows or its partial-sum slot. (at::parallel_for is an inline OpenMP construct: the
+// extension must be compiled with -fopenmp, see setup.py, or this loop silently runs on one thread.)
 template <typename MakeScratch, typename Body>
 void for_each_task(const Plan& plan, const MakeScratch& make_scratch, const Body& body) {
   std::atomic<int64_t> next{0};

@@ -13,6 +13,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmsoft.ops.landmark_solvers import check_solver
 from mmsoft.registry import MODELS
 
 from ..layers import ConvPatchEmbed, SOFTBlock, SoftmaxBlock
@@ -67,6 +68,10 @@ class SOFT(BaseModule):
         drop_path_rate: stochastic depth, increasing linearly over all blocks.
         newton_iters: Newton-Schulz iterations for the pseudo-inverse (20 in the paper).
         attn_impl: backend of the attention core, see :func:`mmsoft.ops.soft_attention`.
+        landmark_solver: how the pseudo-inverse of the landmark kernel is applied: ``'newton'`` (default, the
+            published ``newton_iters`` Newton-Schulz steps), ``'newton_thin'`` (the same function with half the
+            forward GEMMs) or ``'cholesky'`` (exact ridge inverse: fast, but not the function Newton-trained weights
+            expect, see :mod:`mmsoft.ops.landmark_solvers`).
         pretrain_img_size: image size the position embeddings were learned at (224 on ImageNet).
         norm_cfg: norm of the convolutional patch embeddings (BN; SyncBN for multi-GPU).
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
@@ -89,7 +94,8 @@ class SOFT(BaseModule):
     def __init__(self, arch: str | dict = "tiny", sym_norm: bool = True, in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
-                 newton_iters: int = 20, attn_impl: str = "auto", pretrain_img_size: int = 224,
+                 newton_iters: int = 20, attn_impl: str = "auto", landmark_solver: str = "newton",
+                 pretrain_img_size: int = 224,
                  norm_cfg: dict | None = None, init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -98,6 +104,7 @@ class SOFT(BaseModule):
             raise ValueError(f"frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}")
         if newton_iters < 0:
             raise ValueError(f"newton_iters must be >= 0, got {newton_iters}")
+        check_solver(landmark_solver)
         self.sym_norm = sym_norm
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -120,7 +127,8 @@ class SOFT(BaseModule):
             if i < NUM_STAGES - 1:
                 blocks = [SOFTBlock(dims, heads, sr, s["conv_sizes"][i], mlp_ratio=s["mlp_ratio"],
                                     drop_rate=drop_rate, drop_path_rate=r, sym_norm=sym_norm,
-                                    newton_iters=newton_iters, attn_impl=attn_impl) for r in rates]
+                                    newton_iters=newton_iters, attn_impl=attn_impl,
+                                    landmark_solver=landmark_solver) for r in rates]
             else:
                 blocks = [SoftmaxBlock(dims, heads, mlp_ratio=s["mlp_ratio"], drop_rate=drop_rate,
                                        drop_path_rate=r) for r in rates]

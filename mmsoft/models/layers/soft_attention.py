@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsoft.ops import soft_attention
+from mmsoft.ops.landmark_solvers import check_solver
 
 
 class SOFTAttention(nn.Module):
@@ -19,11 +20,16 @@ class SOFTAttention(nn.Module):
         sym_norm: True for SOFT-Norm (symmetric normalisation of the pseudo-inverse).
         newton_iters: Newton-Schulz iterations of the pseudo-inverse.
         attn_impl: backend of :func:`mmsoft.ops.soft_attention`.
+        landmark_solver: how ``P . (A^T V)`` is evaluated: ``'newton'`` (faithful), ``'newton_thin'`` (same
+            function, half the forward GEMMs) or ``'cholesky'`` (exact ridge solve), see
+            :mod:`mmsoft.ops.landmark_solvers`.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
-                 sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto") -> None:
+                 sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto",
+                 landmark_solver: str = "newton") -> None:
         super().__init__()
+        check_solver(landmark_solver)
         if embed_dims % num_heads != 0:
             raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
@@ -32,6 +38,7 @@ class SOFTAttention(nn.Module):
         self.sym_norm = sym_norm
         self.newton_iters = newton_iters
         self.attn_impl = attn_impl
+        self.landmark_solver = landmark_solver
         self.q = nn.Linear(embed_dims, embed_dims)
         self.v = nn.Linear(embed_dims, embed_dims)
         self.proj = nn.Linear(embed_dims, embed_dims)
@@ -56,7 +63,7 @@ class SOFTAttention(nn.Module):
         landmarks = F.gelu(self.landmark_norm(landmarks)).view(b, heads, -1, d)
 
         out = soft_attention(q, landmarks, v, sym_norm=self.sym_norm, num_iters=self.newton_iters,
-                             impl=self.attn_impl)
+                             impl=self.attn_impl, solver=self.landmark_solver)
 
         # One k x k kernel per head, shared by that head's d channels: channels go to the batch dim.
         v_map = v.permute(0, 3, 1, 2).reshape(b * d, heads, h, w)

@@ -12,10 +12,12 @@ class SOFTBlock(nn.Module):
 
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
                  mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto") -> None:
+                 sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto",
+                 landmark_solver: str = "newton") -> None:
         super().__init__()
         self.attn = SOFTAttention(embed_dims, num_heads, sr_ratio, conv_size, sym_norm=sym_norm,
-                                  newton_iters=newton_iters, attn_impl=attn_impl)
+                                  newton_iters=newton_iters, attn_impl=attn_impl,
+                                  landmark_solver=landmark_solver)
         self.norm1 = nn.LayerNorm(embed_dims)
         hidden = int(embed_dims * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(embed_dims, hidden), nn.GELU(approximate="tanh"),

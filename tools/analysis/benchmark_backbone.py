@@ -1,0 +1,491 @@
+"""Benchmark whole backbones / RetinaNet detectors: SOFT-Tiny/Small-Norm (per landmark solver) vs mmdet's PVT-T,
+PVTv2-B1 and Swin-T, side by side in one run.
+
+Models: ``soft-t`` / ``soft-s`` from ``configs/soft/retinanet_soft-{t,s}-norm_fpn_1x_coco.py`` (one entry per
+``--solvers`` value, the backbone's ``landmark_solver``), ``pvt-t`` / ``pvtv2-b1`` / ``swin-t`` from the RetinaNet
+configs that ship with mmdet (``mmdet::pvt/retinanet_pvt-t_fpn_1x_coco.py``, ``.../retinanet_pvtv2-b1_fpn_1x_coco.py``,
+``mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py``), all randomly initialised (``init_cfg=None``: nothing is
+downloaded; weights do not change the cost). ``--what backbone`` times the backbone alone, ``--what detector`` the
+whole RetinaNet: ``forward`` is ``model(..., mode='predict')`` (backbone, FPN, head, box decoding and NMS) under
+``torch.no_grad`` (as mmengine's test loop); ``forward+backward`` is ``mode='loss'`` with three ground-truth boxes
+plus ``backward``. Inputs: batch 1, an ``H x W`` image zero-padded to a multiple of 32, as mmdet's data preprocessor
+does (800x1333 runs as 800x1344).
+
+Every case runs in a fresh subprocess. Time: median (JSON ``time_s``) and best (``best_s``, shown in the tables: the
+better estimate on a machine shared with other jobs) of ``--repeat`` runs after one warm-up run at 256x256 (lazy
+initialisation; a warm-up at full size would double the cost of minute-long CPU cases). Peak memory:
+  * CPU: peak resident set size during the timed runs minus the resident size just before them (model built, warm-up
+    done; Linux VmHWM reset through /proc/self/clear_refs, else ru_maxrss of the fresh process minus the RSS after
+    the model was built). Counts every allocation (torch, MKL scratch), not only tensors.
+  * CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated before the timed runs.
+Landmark-solver share ("solver %"): wall time spent inside the landmark solver (the Newton-Schulz iterations for
+``newton``, their residual form applied to the right-hand side for ``newton_thin``, the float64 Cholesky
+factorisation + solves for ``cholesky``; with forward+backward also ``newton_thin``'s backward recomputation, not
+``newton``'s two backward GEMMs) over the run's wall time, measured by timing those calls (``torch.cuda.synchronize``
+around them on CUDA, which adds a few syncs). The rest of the attention (A^T V, A W, the landmark kernel) is not
+counted.
+
+``--accuracy`` compares the solvers on real activations: demo images (``data/demo/coco/val``) upscaled to 800x1333, the
+demo-trained SOFT-Tiny-Norm backbone when ``work_dirs/demo_retinanet/iter_600.pth`` exists (else a randomly
+initialised one, said so in the output); per attention layer the max |difference| of the attention output on the
+same inputs as the Newton run, and end to end the max |difference| of the backbone's four output maps.
+
+Example (what fits on a 2-core CPU in ~30 minutes)::
+
+    python tools/analysis/benchmark_backbone.py --what detector --sizes 512x512 800x1333 --mode forward \\
+        --models soft-t pvt-t pvtv2-b1 swin-t --solvers newton cholesky --repeat 1 --accuracy
+
+writes ``<out>/benchmark_<what>_<device>.json`` and ``.png`` (latency vs input pixels) and prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_CONFIGS = {
+    "soft-t": str(ROOT / "configs/soft/retinanet_soft-t-norm_fpn_1x_coco.py"),
+    "soft-s": str(ROOT / "configs/soft/retinanet_soft-s-norm_fpn_1x_coco.py"),
+    "pvt-t": "mmdet::pvt/retinanet_pvt-t_fpn_1x_coco.py",
+    "pvtv2-b1": "mmdet::pvt/retinanet_pvtv2-b1_fpn_1x_coco.py",
+    "swin-t": "mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py",
+}
+MODES = ("forward", "forward+backward")
+WARMUP_SIZE = (256, 256)
+DEMO_CKPT = ROOT / "work_dirs/demo_retinanet/iter_600.pth"
+DEMO_CONFIG = ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"
+DEMO_IMAGES = ROOT / "data/demo/coco/val"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``'800x1333'`` -> ``(800, 1333)`` (H x W)."""
+    match = re.fullmatch(r"(\d+)[x,](\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 800x1333; got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    from mmsoft.ops.landmark_solvers import SOLVERS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1].split("Example")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(512, 512), (800, 1333), (1024, 2048)],
+                        help="input sizes HxW (default 512x512 800x1333 1024x2048)")
+    parser.add_argument("--models", nargs="+", default=list(MODEL_CONFIGS), choices=list(MODEL_CONFIGS))
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS,
+                        help="landmark solvers of the SOFT models (each is its own row)")
+    parser.add_argument("--mode", nargs="+", default=["forward"], choices=MODES)
+    parser.add_argument("--what", default="detector", choices=("backbone", "detector"))
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per case (median and best kept)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds allowed per case (its subprocess)")
+    parser.add_argument("--accuracy", action="store_true", help="also compare the solvers on real activations")
+    parser.add_argument("--accuracy-images", type=int, default=1, help="demo images for --accuracy")
+    parser.add_argument("--skip-benchmark", action="store_true", help="only --accuracy")
+    parser.add_argument("--out", default="work_dirs/benchmark_backbone", help="output directory")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def config_path(config: str) -> str:
+    """A file path for ``config``; ``mmdet::x.py`` resolves to the config shipped inside the installed mmdet."""
+    if config.startswith("mmdet::"):
+        import mmdet
+
+        return str(Path(mmdet.__file__).parent / ".mim" / "configs" / config[len("mmdet::"):])
+    return config
+
+
+def build_model(name: str, solver: str, what: str):
+    """The detector (or its backbone) of ``name``, randomly initialised, eval mode."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from mmsoft.utils import prepare_scope
+
+    cfg = Config.fromfile(config_path(MODEL_CONFIGS[name]))
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.pop("pretrained", None)
+    if name.startswith("soft"):
+        cfg.model.backbone.landmark_solver = solver
+    init_default_scope(prepare_scope(cfg))
+    model = MODELS.build(cfg.model.backbone if what == "backbone" else cfg.model)
+    return model.eval()
+
+
+class SolverTimer:
+    """Accumulates wall time spent inside the landmark solvers (Newton-Schulz iterations, ridge Cholesky solves)."""
+
+    def __init__(self, cuda: bool) -> None:
+        from mmsoft.ops import landmark_solvers, reference
+
+        self.total = 0.0
+        self.cuda = cuda
+        self._patches = [(reference, "newton_schulz_iterations"), (landmark_solvers, "newton_thin_apply"),
+                         (landmark_solvers, "ridge_cholesky_solve")]
+        self._originals = [getattr(mod, attr) for mod, attr in self._patches]
+        for (mod, attr), fn in zip(self._patches, self._originals):
+            setattr(mod, attr, self._wrap(fn))
+
+    def _wrap(self, fn):
+        import torch
+
+        def timed(*args, **kwargs):
+            if self.cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.total += time.perf_counter() - t0
+            return out
+        return timed
+
+    def restore(self) -> None:
+        """Undo the patches."""
+        for (mod, attr), fn in zip(self._patches, self._originals):
+            setattr(mod, attr, fn)
+
+
+def _detector_inputs(size: tuple[int, int], device, backward: bool):
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    h, w = size
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    gen = torch.Generator().manual_seed(0)
+    img = torch.randn(1, 3, ph, pw, generator=gen).to(device)
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(ph, pw),
+                                         batch_input_shape=(ph, pw), scale_factor=(1.0, 1.0)))
+    if backward:
+        sample.gt_instances = InstanceData(
+            bboxes=torch.tensor([[10.0, 20.0, 200.0, 220.0], [w * 0.5, h * 0.3, w * 0.9, h * 0.8],
+                                 [w * 0.1, h * 0.6, w * 0.3, h * 0.95]], device=device),
+            labels=torch.tensor([0, 5, 17], device=device))
+    return img, [sample]
+
+
+def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time and measure one (model, solver, size, mode) case in this (fresh) process."""
+    import torch
+
+    if spec["threads"] > 0:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    backward = spec["mode"] == "forward+backward"
+    model = build_model(spec["model"], spec["solver"], spec["what"]).to(device)
+    if backward:
+        model.train()
+    rss_built = _status_kib("VmRSS")
+
+    def once(size: tuple[int, int]) -> None:
+        img, samples = _detector_inputs(size, device, backward)
+        if backward:
+            model.zero_grad(set_to_none=True)
+            if spec["what"] == "detector":
+                losses = model(img, samples, mode="loss")
+                total = sum(sum(v) if isinstance(v, list) else v for k, v in losses.items() if "loss" in k)
+            else:
+                total = sum(o.float().square().mean() for o in model(img))
+            total.backward()
+        else:
+            with torch.no_grad():
+                model(img, samples, mode="predict") if spec["what"] == "detector" else model(img)
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    once(WARMUP_SIZE)
+    warm = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        reset = _reset_peak_rss()
+        base_kib = _status_kib("VmRSS") if reset else rss_built
+    timer = SolverTimer(cuda)
+    times, solver_times = [], []
+    for _ in range(spec["repeat"]):
+        timer.total = 0.0
+        t0 = time.perf_counter()
+        once(tuple(spec["size"]))
+        times.append(time.perf_counter() - t0)
+        solver_times.append(timer.total)
+    timer.restore()
+    if cuda:
+        peak, method = torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated"
+    elif reset:
+        peak, method = (_status_kib("VmHWM") - base_kib) * 1024, "VmHWM after clear_refs"
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) * 1024
+        method = "ru_maxrss of a fresh process"
+    mid = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
+    return {**spec, "time_s": statistics.median(times), "best_s": min(times), "times_s": times, "warmup_s": warm,
+            "solver_s": solver_times[mid], "solver_share": solver_times[mid] / times[mid] if times[mid] else 0.0,
+            "peak_bytes": max(int(peak), 0), "memory_method": method,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+# ----------------------------------------------------------------------------------------------- accuracy
+def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]:
+    """Solvers vs 'newton' on real activations of SOFT-Tiny-Norm at 800x1333: per attention layer and end to end."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    import mmsoft.models.layers.soft_attention as attn_mod
+    from mmsoft.ops import soft_attention
+
+    if DEMO_CKPT.exists():
+        from mmengine.config import Config
+        from mmengine.registry import MODELS, init_default_scope
+        from mmengine.runner import load_checkpoint
+
+        from mmsoft.utils import prepare_scope
+
+        cfg = Config.fromfile(str(DEMO_CONFIG))
+        init_default_scope(prepare_scope(cfg))
+        detector = MODELS.build(cfg.model)
+        load_checkpoint(detector, str(DEMO_CKPT), map_location="cpu")
+        backbone, weights = detector.backbone, f"demo-trained ({DEMO_CKPT.relative_to(ROOT)})"
+        mean, std = detector.data_preprocessor.mean.view(1, 3, 1, 1), detector.data_preprocessor.std.view(1, 3, 1, 1)
+    else:
+        from mmsoft.models.backbones.soft import SOFT
+
+        torch.manual_seed(0)
+        backbone, weights = SOFT(arch="tiny", init_cfg=None), "random init (seed 0): no demo checkpoint found"
+        backbone.init_weights()
+        mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+        std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    backbone = backbone.to(device).eval()
+    files = sorted(DEMO_IMAGES.glob("*.png"))[:num_images]
+    if not files:
+        raise FileNotFoundError(f"no demo images under {DEMO_IMAGES}: run python tools/misc/make_demo_data.py")
+
+    captured: list[tuple] = []
+    original = attn_mod.soft_attention
+
+    def capture(q, k, v, **kwargs):
+        out = original(q, k, v, **kwargs)
+        captured.append((q, k, v, kwargs, out))
+        return out
+
+    def set_solver(solver: str) -> None:
+        for m in backbone.modules():
+            if hasattr(m, "landmark_solver"):
+                m.landmark_solver = solver
+
+    layers: dict[str, list[dict[str, float]]] = {s: [] for s in solvers if s != "newton"}
+    outputs: dict[str, list[dict[str, float]]] = {s: [] for s in layers}
+    for path in files:
+        img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
+        img = F.interpolate(img, size=(800, 1333), mode="bilinear", align_corners=False)
+        img = F.pad((img - mean) / std, (0, 11, 0, 0)).to(device)  # 800 x 1344, as mmdet pads
+        set_solver("newton")
+        captured.clear()
+        attn_mod.soft_attention = capture
+        try:
+            with torch.no_grad():
+                ref_out = backbone(img)
+        finally:
+            attn_mod.soft_attention = original
+        for solver in layers:
+            with torch.no_grad():
+                for i, (q, k, v, kwargs, ref) in enumerate(captured):
+                    out = soft_attention(q, k, v, **{**kwargs, "solver": solver})
+                    diff = (out - ref).abs().max().item()
+                    layers[solver].append({"image": path.name, "layer": i, "m": k.shape[-2], "n": q.shape[-2],
+                                           "max_abs": diff, "max_ref": ref.abs().max().item(),
+                                           "rel": diff / max(ref.abs().max().item(), 1e-30)})
+                set_solver(solver)
+                outs = backbone(img)
+            for stage, (a, b) in enumerate(zip(outs, ref_out)):
+                diff = (a - b).abs().max().item()
+                outputs[solver].append({"image": path.name, "stage": stage, "max_abs": diff,
+                                        "rel": diff / max(b.abs().max().item(), 1e-30)})
+    set_solver("newton")
+    return {"weights": weights, "images": [p.name for p in files], "input": "800x1333 (padded to 800x1344)",
+            "per_layer": layers, "backbone_outputs": outputs}
+
+
+# ----------------------------------------------------------------------------------------------- driver side
+def run_in_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one case in a fresh interpreter; errors and timeouts become entries with an ``error`` field."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timeout after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {**spec, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    return json.loads(lines[-1])
+
+
+def label(result: dict[str, Any]) -> str:
+    """Row label: the model, plus the solver for SOFT models."""
+    return f"{result['model']} ({result['solver']})" if result["model"].startswith("soft") else result["model"]
+
+
+def markdown_table(results: list[dict[str, Any]], sizes: list[tuple[int, int]], mode: str) -> str:
+    """Model x size table of best time (s), peak memory (MiB) and solver share for one mode."""
+    head = "| model | params (M) | " + " | ".join(f"{h}x{w} best (s) | peak (MiB) | solver %" for h, w in sizes) + " |"
+    rows = [head, "|---|---:|" + "---:|---:|---:|" * len(sizes)]
+    for name in dict.fromkeys(label(r) for r in results if r["mode"] == mode):
+        cells, params = [], "-"
+        for size in sizes:
+            r = next((x for x in results if label(x) == name and x["mode"] == mode and tuple(x["size"]) == size), None)
+            if r is None:
+                cells.append("not run | - | -")
+            elif "error" in r:
+                cells.append(f"{r['error'][:40]} | - | -")
+            else:
+                params = f"{r['params_m']:.1f}"
+                share = f"{100 * r['solver_share']:.0f}" if r["model"].startswith("soft") else "-"
+                cells.append(f"{r['best_s']:.2f} | {r['peak_bytes'] / 2**20:,.0f} | {share}")
+        rows.append(f"| {name} | {params} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def accuracy_table(acc: dict[str, Any]) -> str:
+    """Markdown summary of the accuracy section."""
+    rows = [f"Accuracy vs 'newton' (20 iterations), SOFT-Tiny-Norm backbone, {acc['weights']}, "
+            f"{len(acc['images'])} demo image(s) at {acc['input']}:", "",
+            "| solver | attention layers: max abs diff | max rel diff | backbone outputs: max abs diff | "
+            "max rel diff |", "|---|---:|---:|---:|---:|"]
+    for solver, layers in acc["per_layer"].items():
+        outs = acc["backbone_outputs"][solver]
+        rows.append(f"| {solver} | {max(x['max_abs'] for x in layers):.3g} | {max(x['rel'] for x in layers):.3g} | "
+                    f"{max(x['max_abs'] for x in outs):.3g} | {max(x['rel'] for x in outs):.3g} |")
+    return "\n".join(rows)
+
+
+def plot(results: list[dict[str, Any]], modes: list[str], path: Path, title: str) -> bool:
+    """Log-log plot of latency vs input pixels, one line per model/solver and one panel per mode."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for name in dict.fromkeys(label(r) for r in results):
+            pts = sorted((r["size"][0] * r["size"][1], r["best_s"]) for r in results
+                         if label(r) == name and r["mode"] == mode and "error" not in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("input pixels (H x W)")
+        ax.set_ylabel("latency, best of --repeat (s)")
+        ax.set_title(mode)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every case, print the tables, save JSON and PNG."""
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_case(json.loads(args.worker))))
+        return {}
+
+    import torch
+
+    import mmsoft
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no GPU is available here")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    if not args.skip_benchmark:
+        for size in args.sizes:
+            for mode in args.mode:
+                for model in args.models:
+                    for solver in (args.solvers if model.startswith("soft") else ["-"]):
+                        spec = {"device": device, "model": model, "solver": solver, "size": list(size),
+                                "mode": mode, "what": args.what, "repeat": args.repeat, "threads": args.threads}
+                        t0 = time.time()
+                        result = run_in_subprocess(spec, args.timeout)
+                        results.append(result)
+                        status = result.get("error") or (
+                            f"{result['time_s']:.2f} s, {result['peak_bytes'] / 2**20:,.0f} MiB, "
+                            f"solver {100 * result['solver_share']:.0f}%")
+                        print(f"[{time.time() - t0:6.1f}s] {size[0]}x{size[1]} {mode:>16} {label(result):>16}: "
+                              f"{status}", flush=True)
+    acc = accuracy(args.accuracy_images, args.solvers, device) if args.accuracy else None
+
+    title = f"{args.what} latency on {device}, batch 1, float32"
+    meta = {
+        "title": title,
+        "args": {k: (v if k != "sizes" else [list(s) for s in v]) for k, v in vars(args).items() if k != "worker"},
+        "torch": torch.__version__,
+        "threads": args.threads or torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+        "ext": mmsoft.ops.info(verbose=False),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    stem = out_dir / f"benchmark_{args.what}_{device}"
+    report = {"meta": meta, "results": results, "accuracy": acc}
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    plotted = bool(results) and plot(results, args.mode, stem.with_suffix(".png"), title)
+    print(f"\n{title} (load average {meta['load_average'][0]:.1f} on {meta['cpu_count']} CPUs at the end)")
+    for mode in args.mode:
+        if any(r["mode"] == mode for r in results):
+            print(f"\n{mode}:\n")
+            print(markdown_table(results, args.sizes, mode))
+    if acc:
+        print("\n" + accuracy_table(acc))
+    print(f"\nsaved {stem.with_suffix('.json')}" + (f" and {stem.with_suffix('.png')}" if plotted else ""))
+    return report
+
+
+if __name__ == "__main__":
+    main()
