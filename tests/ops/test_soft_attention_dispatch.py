@@ -173,3 +173,15 @@ def test_torch_compile_soft_attention_layer(needs_cpu_ext):
     out.sum().backward()
     assert torch.allclose(out, layer(x, (8, 8)), rtol=1e-5, atol=1e-6)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_inference_mode_matches_no_grad(needs_cpu_ext):
+    """The CPU kernels write into caller-allocated outputs from worker threads; under torch.inference_mode()
+    those are inference tensors, so the workers must inherit the mode (regression: they raised)."""
+    q, k, v = make_inputs(2, 2, 300, 16, 32, torch.float32, "cpu")
+    with torch.no_grad():
+        expected = soft_attention(q, k, v, impl="ext")
+    with torch.inference_mode():
+        out = soft_attention(q, k, v, impl="ext")
+    assert out.is_inference()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <atomic>
@@ -56,7 +57,11 @@ void for_each_task(const Plan& plan, const MakeScratch& make_scratch, const Body
   std::atomic<int64_t> next{0};
   const int64_t tasks = plan.tasks();
   const int64_t workers = std::min<int64_t>(tasks, std::max<int64_t>(1, at::get_num_threads()));
+  // InferenceMode is thread-local: worker threads must see the caller's, or writing into outputs allocated by the
+  // caller under torch.inference_mode() (inference tensors) fails as an "inplace update outside InferenceMode".
+  const bool inference_mode = c10::InferenceMode::is_enabled();
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    c10::InferenceMode inference_guard(inference_mode);
     at::NoGradGuard no_grad_worker;
     auto scratch = make_scratch();
     for (int64_t w = begin; w < end; ++w) {
