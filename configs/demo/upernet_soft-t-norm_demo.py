@@ -1,7 +1,8 @@
 # UperNet with SOFT-Tiny-Norm, trained from scratch on the synthetic ADE20K-style demo data
 # (python tools/misc/make_demo_data.py) on the CPU. Label 0 is background and is a real class here.
-# Lighter than the detection demo (400 iterations of 4 images, a 64-channel head): one SOFT-Tiny
-# UperNet step on 8 images takes ~7 s on one CPU core, and the shapes are learned well before that.
+# 400 iterations of 4 images (~0.55 s each on 2 idle cores): val mIoU 94.5 (untrained: 1.7; all
+# background: 22.0). Keep the 128-channel head: with 64 channels the rarest class (triangle) stayed at
+# IoU 0 through 400 iterations while the others were learned.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',
@@ -27,7 +28,7 @@ model = dict(
         sym_norm=True,
         drop_path_rate=0.0,
         init_cfg=None),
-    decode_head=dict(in_channels=[64, 128, 320, 512], channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=[64, 128, 320, 512], channels=128, num_classes=len(classes), norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=320, in_index=2, channels=64, num_classes=len(classes), norm_cfg=norm_cfg))
 
 train_pipeline = [
