@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmsoft.utils.process_memory import reset_peak_rss, status_kib
+
 IMPLS = ("reference", "ext", "sdpa")
 MODES = ("fwd", "fwdbwd")
 
@@ -64,21 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
-    return int(match.group(1)) if match else 0
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
 def _available_bytes() -> int:
     with open("/proc/meminfo") as f:
         match = re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M)
@@ -143,19 +130,19 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
                 out.backward(grad_out)
         sync()
 
-    rss_start = _status_kib("VmRSS")
-    cold_reset = _reset_peak_rss()
+    rss_start = status_kib("VmRSS")
+    cold_reset = reset_peak_rss()
     t0 = time.perf_counter()
     once()  # warm-up: lazy initialisation, allocator growth
     warm = time.perf_counter() - t0
-    cold_peak = (_status_kib("VmHWM") - rss_start) * 1024 if cold_reset and device.type == "cpu" else None
+    cold_peak = (status_kib("VmHWM") - rss_start) * 1024 if cold_reset and device.type == "cpu" else None
     repeat = 1 if warm > 10 else spec["repeat"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        reset = _reset_peak_rss()
-        base_kib = _status_kib("VmRSS") if reset else rss_start
+        reset = reset_peak_rss()
+        base_kib = status_kib("VmRSS") if reset else rss_start
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -165,7 +152,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         peak = torch.cuda.max_memory_allocated(device) - base
         method = "torch.cuda.max_memory_allocated"
     elif reset:
-        peak = (_status_kib("VmHWM") - base_kib) * 1024
+        peak = (status_kib("VmHWM") - base_kib) * 1024
         method = "VmHWM after clear_refs"
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) * 1024
@@ -178,10 +165,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 def _probe_sdpa_flash(torch, F) -> bool:
     """Whether SDPA on CPU runs a fused kernel (O(N) memory) for 4-D fp32 inputs: checked on a small problem."""
     q = torch.randn(1, 2, 4096, 32)
-    before = _status_kib("VmRSS")
-    _reset_peak_rss()
+    before = status_kib("VmRSS")
+    reset_peak_rss()
     F.scaled_dot_product_attention(q, q, q)
-    return (_status_kib("VmHWM") - before) * 1024 < 2 * 4096 * 4096 * 4  # far below one 4096 x 4096 matrix per head
+    return (status_kib("VmHWM") - before) * 1024 < 2 * 4096 * 4096 * 4  # far below one 4096 x 4096 matrix per head
 
 
 def _resolved(impl: str, q, k, v) -> str:

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmsoft.utils.process_memory import reset_peak_rss, status_kib
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIGS = {
     "soft-t": str(ROOT / "configs/soft/retinanet_soft-t-norm_fpn_1x_coco.py"),
@@ -102,21 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M)
-    return int(match.group(1)) if match else 0
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
 def config_path(config: str) -> str:
     """A file path for ``config``; ``mmdet::x.py`` resolves to the config shipped inside the installed mmdet."""
     if config.startswith("mmdet::"):
@@ -208,7 +195,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_model(spec["model"], spec["solver"], spec["what"]).to(device)
     if backward:
         model.train()
-    rss_built = _status_kib("VmRSS")
+    rss_built = status_kib("VmRSS")
 
     def once(size: tuple[int, int]) -> None:
         img, samples = _detector_inputs(size, device, backward)
@@ -233,8 +220,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     else:
-        reset = _reset_peak_rss()
-        base_kib = _status_kib("VmRSS") if reset else rss_built
+        reset = reset_peak_rss()
+        base_kib = status_kib("VmRSS") if reset else rss_built
     timer = SolverTimer(cuda)
     times, solver_times = [], []
     for _ in range(spec["repeat"]):
@@ -247,7 +234,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         peak, method = torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated"
     elif reset:
-        peak, method = (_status_kib("VmHWM") - base_kib) * 1024, "VmHWM after clear_refs"
+        peak, method = (status_kib("VmHWM") - base_kib) * 1024, "VmHWM after clear_refs"
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) * 1024
         method = "ru_maxrss of a fresh process"
