@@ -36,3 +36,35 @@ def test_markdown_table_marks_missing_and_failed_cells():
     lines = table.splitlines()
     assert lines[2].startswith("| soft-t (newton) | 22.8 | 1.50 | 1 | 50 | timeout after 10 s")
     assert lines[3] == "| pvt-t | 22.8 | 0.25 | 1 | - | not run | - | - |"
+
+
+def test_accuracy_table_reports_both_references():
+    def entry(vs_newton, vs_exact):
+        return {"vs_newton": {"max_abs": vs_newton, "rel": vs_newton},
+                "vs_exact": {"max_abs": vs_exact, "rel": vs_exact}}
+    acc = {"weights": "w", "images": ["a.png"], "input": "800x1333",
+           "per_layer": {"newton": [entry(0.0, 2e-6), entry(0.0, 5e-6)], "newton_eigh": [entry(4e-6, 1e-6)]},
+           "backbone_outputs": {"newton": [entry(0.0, 3e-6)], "newton_eigh": [entry(3e-6, 7e-7)]}}
+    lines = bb.accuracy_table(acc).splitlines()
+    assert lines[-2] == "| newton | 0 | 5e-06 | 0 | 3e-06 |"
+    assert lines[-1] == "| newton_eigh | 4e-06 | 1e-06 | 3e-06 | 7e-07 |"
+
+
+@pytest.mark.parametrize("solver", ["newton", "newton_eigh", "newton_thin", "cholesky"])
+def test_solver_timer_sees_every_solver(solver):
+    import torch
+
+    from mmsoft.ops import soft_attention
+
+    q, k, v = torch.randn(2, 40, 8), torch.randn(2, 10, 8) * 0.5, torch.randn(2, 40, 8)
+    expected = soft_attention(q, k, v, impl="reference", solver=solver)
+    timer = bb.SolverTimer(cuda=False)
+    try:
+        out = soft_attention(q, k, v, impl="reference", solver=solver)
+    finally:
+        timer.restore()
+    assert timer.total > 0
+    assert torch.equal(out, expected)
+    before = timer.total
+    soft_attention(q, k, v, impl="reference", solver=solver)
+    assert timer.total == before  # restored: no longer counting

@@ -11,7 +11,13 @@ from mmsoft.models import SOFT
 from mmsoft.models.layers.soft_attention import SOFTAttention
 from mmsoft.models.layers.softmax_block import SoftmaxAttention
 from mmsoft.ops import ext_available, soft_attention
-from mmsoft.ops.flops import newton_pinv_flops, soft_attention_flops, soft_flop_handles
+from mmsoft.ops.flops import (
+    newton_eigh_flops,
+    newton_pinv_flops,
+    newton_thin_flops,
+    soft_attention_flops,
+    soft_flop_handles,
+)
 from mmsoft.utils.complexity import count_flops, newton_iterations_skipped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +99,21 @@ def test_skipping_newton_iterations_counts_the_same():
     assert {m.newton_iters for m in model.modules() if isinstance(m, SOFTAttention)} == {20}  # restored
     # grids 16x24, 8x12, 4x6 at sr 8, 4, 2: 6 landmarks per head in every SOFT stage; 2*1 + 4*2 + 10*3 heads
     assert exact.by_operator()["newton_pinv"] == 40 * newton_pinv_flops(6, 20)
+
+
+@pytest.mark.parametrize("solver, key", [("newton_thin", "newton_thin"), ("newton_eigh", "newton_eigh"),
+                                         ("cholesky", "cholesky")])
+def test_other_landmark_solvers_are_counted(solver, key):
+    model = SOFT(arch="tiny", drop_path_rate=0.0, landmark_solver=solver).eval()
+    images = torch.randn(1, 3, 64, 96)
+    counted = count_flops(model, (images,)).by_operator()
+    assert "newton_pinv" not in counted
+    # 6 landmarks per head, head dim 32, 2*1 + 4*2 + 10*3 = 40 head-layers (see above)
+    per_head = {"newton_thin": newton_thin_flops(6, 32, 20), "newton_eigh": newton_eigh_flops(6, 32),
+                "cholesky": 6 ** 3 // 6 + 6 * 6 * 32}[solver]
+    assert counted[key] == 40 * per_head
+    if solver != "cholesky":  # the iteration count is recorded on the node, also when tracing skips the iterations
+        assert count_flops(model, (images,), exact_newton=True).by_operator()[key] == 40 * per_head
 
 
 def test_newton_skip_leaves_mixed_iteration_counts_alone():

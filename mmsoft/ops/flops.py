@@ -3,7 +3,8 @@
 mmengine (like fvcore) counts one multiply-add as one FLOP and only knows a fixed list of aten ops. A trace of a SOFT
 model contains what it cannot see: the fused kernels ``mmsoft::kernel_t_matmul`` / ``mmsoft::kernel_matmul`` (custom
 ops of the compiled extension), the Newton-Schulz pseudo-inverse (one opaque ``prim::PythonOp._NewtonPinv`` node: an
-autograd Function, whose 20 iterations the tracer never records), ``aten::baddbmm`` and stage 4's
+autograd Function, whose 20 iterations the tracer never records; likewise the ``'newton_thin'`` and
+``'newton_eigh'`` solvers' Functions), ``aten::baddbmm`` and stage 4's
 ``aten::scaled_dot_product_attention``. Without these handles a SOFT model's FLOPs come out several times too low.
 
 The count is the work the forward executes, per head (``N`` tokens, ``m`` landmarks, head dim ``d``, value dim
@@ -24,8 +25,11 @@ from typing import Any, Callable
 
 Handle = Callable[[list, list], "int | Counter[str]"]
 
-#: jit node kind of the Newton-Schulz autograd Function (mmengine names PythonOps ``prim::PythonOp.<class name>``).
+#: jit node kinds of the landmark solvers' autograd Functions (mmengine names PythonOps ``prim::PythonOp.<class>``):
+#: ``'newton'``, ``'newton_thin'`` and ``'newton_eigh'`` (see :mod:`mmsoft.ops.landmark_solvers`).
 NEWTON_PINV_OP = "prim::PythonOp._NewtonPinv"
+NEWTON_THIN_OP = "prim::PythonOp._NewtonThinApply"
+NEWTON_EIGH_OP = "prim::PythonOp._NewtonEighApply"
 
 
 def kernel_product_flops(n: int, m: int, d: int, c: int) -> int:
@@ -36,6 +40,19 @@ def kernel_product_flops(n: int, m: int, d: int, c: int) -> int:
 def newton_pinv_flops(m: int, num_iters: int) -> int:
     """MACs of ``num_iters`` Newton-Schulz steps ``V <- 2V - V (Ah V)`` on an ``m x m`` matrix."""
     return 2 * num_iters * m ** 3
+
+
+def newton_thin_flops(m: int, c: int, num_iters: int) -> int:
+    """MACs of ``'newton_thin'`` on an ``m x c`` right-hand side: the residual chain ``S_0 = alpha Ah^2``,
+    ``S_{j+1} = 2 S_j - S_j^2`` (``num_iters`` ``m x m`` GEMMs) and ``num_iters + 1`` products with the RHS."""
+    return num_iters * m ** 3 + (num_iters + 1) * m * m * c if num_iters else m * m * c
+
+
+def newton_eigh_flops(m: int, c: int) -> int:
+    """MACs of ``'newton_eigh'`` on an ``m x c`` right-hand side: the symmetric eigendecomposition, counted as Golub &
+    Van Loan's ``9 m^3`` flops (tridiagonal QR with vectors) = ``4.5 m^3`` multiply-adds whatever LAPACK's driver
+    really does, plus ``U (f * (U^T x))``. Independent of the iteration count."""
+    return 9 * m ** 3 // 2 + 2 * m * m * c
 
 
 def soft_attention_flops(n: int, m: int, d: int, c: int | None = None, num_iters: int = 20,
@@ -73,6 +90,33 @@ def _newton_pinv_handle(num_iters: int | None) -> Handle:
     return handle
 
 
+def _newton_thin_handle(num_iters: int | None) -> Handle:
+    def handle(inputs: list, outputs: list) -> Counter[str]:
+        mat, rhs = _shape(inputs[0]), _shape(inputs[1])  # (..., m, m), (..., m, c)
+        iters = num_iters
+        if iters is None:
+            iters = int(outputs[0].node().scalar_args()[0])
+        return Counter(newton_thin=prod(mat[:-2]) * newton_thin_flops(mat[-1], rhs[-1], iters))
+    return handle
+
+
+def _newton_eigh_handle(inputs: list, outputs: list) -> Counter[str]:
+    mat, rhs = _shape(inputs[0]), _shape(inputs[1])
+    return Counter(newton_eigh=prod(mat[:-2]) * newton_eigh_flops(mat[-1], rhs[-1]))
+
+
+def _cholesky_handle(inputs: list, outputs: list) -> Counter[str]:
+    # linalg_cholesky_ex(A (..., m, m)): m^3 / 3 flops = m^3 / 6 multiply-adds
+    mat = _shape(inputs[0])
+    return Counter(cholesky=prod(mat[:-2]) * mat[-1] ** 3 // 6)
+
+
+def _cholesky_solve_handle(inputs: list, outputs: list) -> Counter[str]:
+    # cholesky_solve(B (..., m, c), L (..., m, m)): two triangular solves of m^2 c / 2 multiply-adds each
+    rhs = _shape(inputs[0])
+    return Counter(cholesky=prod(rhs[:-2]) * rhs[-2] ** 2 * rhs[-1])
+
+
 def _baddbmm_handle(inputs: list, outputs: list) -> int:
     # baddbmm(input, batch1 (B, n, k), batch2 (B, k, p)): the batched product; the scaled add is elementwise
     b1, b2 = _shape(inputs[1]), _shape(inputs[2])
@@ -95,6 +139,10 @@ def soft_flop_handles(newton_iters: int | None = None) -> dict[str, Handle]:
         "mmsoft::kernel_t_matmul": _kernel_product_handle,
         "mmsoft::kernel_matmul": _kernel_product_handle,
         NEWTON_PINV_OP: _newton_pinv_handle(newton_iters),
+        NEWTON_THIN_OP: _newton_thin_handle(newton_iters),
+        NEWTON_EIGH_OP: _newton_eigh_handle,
+        "aten::linalg_cholesky_ex": _cholesky_handle,
+        "aten::cholesky_solve": _cholesky_solve_handle,
         "aten::baddbmm": _baddbmm_handle,
         "aten::scaled_dot_product_attention": _sdpa_handle,
     }

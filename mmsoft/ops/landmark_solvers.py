@@ -5,36 +5,41 @@ evaluated.
 solver returns an operator ``x -> P x`` instead of ``P``. For SOFT-Norm ``P = D^-1/2 pinv(Ah) D^-1/2`` with
 ``D = diag(row sums of Ah)``.
 
-* ``'newton'`` (default, faithful to the published models): ``num_iters`` Newton-Schulz steps form ``P`` (batched
-  fp32 GEMMs, ``2 num_iters m^3`` MACs per head, closed-form backward), then ``P x``.
-* ``'newton_thin'``: the same function as ``'newton'`` (the same ``num_iters`` Newton-Schulz steps from the same
-  per-matrix ``alpha``), evaluated in residual form on the thin right-hand side: ``V_k = alpha Ah prod_{j<k}(2I - S_j)``
-  with ``S_0 = alpha Ah^2``, ``S_{j+1} = 2 S_j - S_j^2`` (``S_j = Ah V_j``, kept as the residual's complement so that
-  small eigenvalues keep their relative precision), and the factors ``(2I - S_j)`` applied to ``x`` (``m x c``)
-  instead of multiplied into ``P``. ``num_iters`` ``m x m`` GEMMs instead of ``2 num_iters``: half the forward cost.
-  Backward uses the same closed form as ``'newton'`` (``dAh = -P g (P x)^T``), recomputing ``P g`` (another
-  ``num_iters`` GEMMs), so forward+backward costs what ``'newton'`` costs.
+What 20 Newton-Schulz steps compute. From ``V_0 = alpha Ah`` (``alpha = 1 / max_row_sum^2``) the residual squares each
+step: ``I - V_k Ah = (I - alpha Ah^2)^(2^k)``. Every ``V_k`` is a polynomial in the symmetric ``Ah``, so
+``V_k = f_k(Ah)`` with, per eigenvalue ``lam``, ``f_k(lam) = (1 - (1 - alpha lam^2)^(2^k)) / lam``: ``1 / lam`` for the
+eigenvalues the iteration has resolved, ``2^k alpha lam`` (damped, not inverted) for the small ones. On real
+activations the landmark kernel's eigenvalues reach ~1e-4 of ``max_row_sum`` while 20 steps resolve only those above
+~``max_row_sum / 1024``, so the published models compute this spectral filter, not ``Ah^-1``.
+
+* ``'newton'`` (default, the published computation): ``num_iters`` Newton-Schulz steps form ``P`` (batched fp32
+  GEMMs, ``2 num_iters m^3`` MACs per head, closed-form backward), then ``P x``.
+* ``'newton_eigh'``: the same function, evaluated exactly: ``Ah = U diag(lam) U^T`` by a float64 symmetric
+  eigendecomposition (``torch.linalg.eigh``, ~``4.5 m^3`` MACs), then ``P x = U (f(lam) * (U^T x))``. No iterations,
+  and more accurate than fp32 Newton (float64 throughout, no fp32 rounding accumulated over 40 GEMMs). The fastest
+  faithful solver on CPU; on CUDA ``eigh`` synchronises with the host (cuSOLVER reports convergence) and is slower
+  than batched GEMMs, so keep ``'newton'`` there unless measured otherwise.
+* ``'newton_thin'``: the same function in residual form on the thin right-hand side: ``V_k = alpha Ah prod_{j<k}
+  (2I - S_j)`` with ``S_0 = alpha Ah^2``, ``S_{j+1} = 2 S_j - S_j^2`` (``S_j = Ah V_j``), the factors ``(2I - S_j)``
+  applied to ``x`` (``m x c``) instead of multiplied into ``P``: ``num_iters`` ``m x m`` GEMMs instead of
+  ``2 num_iters``, but fp32 rounding in the residual chain grows with the kernel's conditioning.
 * ``'cholesky'``: ``(Ah + eps I) Y = X`` by a Cholesky factorisation in float64 (``m^3 / 3`` MACs plus ``2 m^2 c``
-  for the two triangular solves); the inverse is never formed. ``eps = 1e-6`` relative to the diagonal of ``Ah``
-  (exactly 1 for a Gaussian kernel). Where Newton-Schulz has converged (every eigenvalue ``lam`` of ``Ah`` with
-  ``(1 - lam^2 / max_row_sum^2)^(2^num_iters)`` negligible) both give ``Ah^-1 X`` up to ``eps / lam_min``; for
-  eigenvalues Newton has not reached it differs (Newton damps them, an exact solve does not): see the accuracy
-  section of ``tools/analysis/benchmark_backbone.py`` for what that means on real activations. Backward is autograd
-  through ``cholesky_ex`` / ``cholesky_solve`` (the exact gradient of the ridge solve). A matrix whose factorisation
-  fails (``info != 0``; with the float64 ridge only non-finite input can do that) gets ``Y = X / (1 + eps)``, chosen
-  per matrix with ``torch.where``: no host synchronisation, and batch mates are unaffected.
+  for the two triangular solves), ``eps = 1e-6`` relative to the diagonal of ``Ah`` (exactly 1 for a Gaussian
+  kernel). This is ``Ah^-1``: where Newton has converged the same, elsewhere a different model (it inverts the small
+  eigenvalues Newton damps); see the accuracy section of ``tools/analysis/benchmark_backbone.py``. Backward is
+  autograd through ``cholesky_ex`` / ``cholesky_solve``. A matrix whose factorisation fails (``info != 0``; with the
+  float64 ridge only non-finite input can do that) gets ``Y = X / (1 + eps)``, chosen per matrix with ``torch.where``.
 
-Why there is no early-stopping Newton (``'newton_tol'``): stopping needs a host sync or a fixed iteration budget (with
-``torch.where`` freezing converged matrices, every iteration still costs its GEMMs), and on real activations
-Newton-Schulz never converges within 20 iterations anyway: the landmark kernel's eigenvalues reach down to ~1e-4 of
-``max_row_sum`` while 20 steps resolve only eigenvalues above ~``max_row_sum / 1024`` (3-4% of them for SOFT-Tiny at
-800x1333). The 20-step result is a spectrally filtered inverse, and that filter is what the published models compute.
+The Newton-type solvers share the closed-form backward of ``'newton'`` (``dAh = -P g (P x)^T``, the gradient of an
+exact inverse). Why there is no early-stopping Newton: stopping needs a host sync or a fixed iteration budget, and on
+real activations 20 steps never converge anyway (see above).
 
-All math runs in float32 (float64 for float64 landmarks; the Cholesky factorisation always in float64) with
-autocast disabled, without host synchronisation (no ``.item()``), so it traces under ``torch.compile``.
+All math runs with autocast disabled, in float32 (float64 for float64 landmarks; Cholesky and the eigendecomposition
+always in float64), without ``.item()`` host synchronisation, so it traces under ``torch.compile``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -43,7 +48,7 @@ from torch import Tensor
 from . import reference
 
 #: Names accepted by ``soft_attention(..., solver=...)`` and the backbone's ``landmark_solver``.
-SOLVERS = ("newton", "newton_thin", "cholesky")
+SOLVERS = ("newton", "newton_eigh", "newton_thin", "cholesky")
 #: Ridge of the ``'cholesky'`` solver, relative to the diagonal of the landmark kernel.
 CHOLESKY_EPS = 1e-6
 
@@ -61,6 +66,129 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# ----------------------------------------------------------------------------------------------- 'newton'
+class _NewtonPinv(torch.autograd.Function):
+    """Newton-Schulz pseudo-inverse with the closed-form backward.
+
+    Autograd never sees the iterations: memory stays one ``m x m`` matrix per head whatever the
+    number of iterations, and backward costs two GEMMs instead of 2 x num_iters.
+    """
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
+        inv = reference.newton_schulz_iterations(mat, num_iters)
+        ctx.save_for_backward(inv)
+        return inv
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (inv,) = ctx.saved_tensors
+        return reference.pinv_backward(inv, grad), None
+
+
+def newton_pinv(mat: Tensor, num_iters: int = 20) -> Tensor:
+    """Pseudo-inverse of symmetric non-negative ``mat (..., m, m)`` by ``num_iters`` Newton-Schulz steps.
+
+    Computed in float32 (float64 stays float64) whatever the input dtype or autocast state.
+    """
+    if mat.dim() < 2 or mat.shape[-1] != mat.shape[-2]:
+        raise ValueError(f"newton_pinv expects square matrices (..., m, m), got shape {tuple(mat.shape)}")
+    if num_iters < 0:
+        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
+    with torch.autocast(device_type=mat.device.type, enabled=False):
+        return _NewtonPinv.apply(mat.to(work_dtype(mat.dtype)), num_iters)
+
+
+def landmark_inverse(k: Tensor, sym_norm: bool = True, num_iters: int = 20) -> Tensor:
+    """``P`` of the attention for landmarks ``k (..., m, d)``: pinv of their kernel, optionally
+    symmetrically normalised. Float32 (float64 for float64 input), shape ``(..., m, m)``."""
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        k = k.to(work_dtype(k.dtype))
+        kernel = reference.gaussian_kernel(k, k)
+        inv = newton_pinv(kernel, num_iters)
+        if sym_norm:
+            d_inv_sqrt = kernel.sum(-1).rsqrt()
+            inv = d_inv_sqrt.unsqueeze(-1) * inv * d_inv_sqrt.unsqueeze(-2)
+    return inv
+
+
+# ----------------------------------------------------------------------------------------------- 'newton_eigh'
+def newton_filter(eigvals: Tensor, alpha: Tensor, num_iters: int) -> Tensor:
+    """``f(lam) = (1 - (1 - alpha lam^2)^(2^num_iters)) / lam`` (0 at ``lam = 0``): what ``num_iters`` Newton-Schulz
+    steps from ``alpha Ah`` do to an eigenvalue ``lam`` of ``Ah``. ``alpha`` broadcasts against ``eigvals``."""
+    s = (alpha * eigvals.square()).clamp(0.0, 1.0)  # |lam| <= max_row_sum, so s <= 1 up to rounding
+    # (1 - s)^(2^K) as exp(2^K log1p(-s)): no 2^K-fold squaring, and 1 - (...) keeps its relative precision for tiny s.
+    damped = -torch.expm1(math.ldexp(1.0, num_iters) * torch.log1p(-s))
+    nonzero = eigvals != 0
+    return torch.where(nonzero, damped / torch.where(nonzero, eigvals, torch.ones_like(eigvals)), 0.0)
+
+
+def newton_eigh_factors(mat: Tensor, num_iters: int) -> tuple[Tensor, Tensor]:
+    """``(U, f)`` in float64 with ``newton_pinv(mat, num_iters) = U diag(f) U^T`` for symmetric ``mat (..., m, m)``."""
+    mat64 = mat.to(torch.float64)
+    eigvals, eigvecs = torch.linalg.eigh(mat64)
+    return eigvecs, newton_filter(eigvals, reference.newton_alpha(mat64)[..., 0], num_iters)
+
+
+def _apply_factors(eigvecs: Tensor, filt: Tensor, x: Tensor) -> Tensor:
+    """``U diag(f) U^T x`` without forming the ``m x m`` product (float64)."""
+    return eigvecs @ (filt.unsqueeze(-1) * (eigvecs.transpose(-1, -2) @ x.to(torch.float64)))
+
+
+class _NewtonEighApply(torch.autograd.Function):
+    """``newton_pinv(mat) @ x`` through the eigendecomposition of ``mat``, with the closed-form backward of 'newton'."""
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
+        eigvecs, filt = newton_eigh_factors(mat, num_iters)
+        out = _apply_factors(eigvecs, filt, x).to(x.dtype)
+        ctx.save_for_backward(eigvecs, filt, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        eigvecs, filt, out = ctx.saved_tensors
+        p_grad = _apply_factors(eigvecs, filt, grad).to(grad.dtype)  # P is symmetric: P^T g = P g
+        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
+
+
+# ----------------------------------------------------------------------------------------------- 'newton_thin'
+def newton_thin_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
+    """``newton_pinv(mat, num_iters) @ x`` without forming the pseudo-inverse (residual form, no autograd)."""
+    mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
+    x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
+    alpha = reference.newton_alpha(mat3)
+    # V_0 x first: every factor (2I - S_j) has eigenvalues in [1, 2], so the running product only grows towards the
+    # result and never holds the 2^num_iters-times amplified directions that alpha Ah would scale back down at the end.
+    y = alpha * torch.bmm(mat3, x3)
+    if num_iters == 0:
+        return y.view_as(x)
+    resid = alpha * torch.bmm(mat3, mat3)  # S_0 = alpha Ah^2 = Ah V_0
+    for j in range(num_iters):
+        y = torch.baddbmm(y, resid, y, beta=2.0, alpha=-1.0)  # y <- (2I - S_j) y
+        if j + 1 < num_iters:
+            resid = torch.baddbmm(resid, resid, resid, beta=2.0, alpha=-1.0)  # S_{j+1} = 2 S_j - S_j^2
+    return y.view_as(x)
+
+
+class _NewtonThinApply(torch.autograd.Function):
+    """``newton_pinv(mat) @ x`` by :func:`newton_thin_apply`, with the closed-form backward of ``'newton'``."""
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
+        out = newton_thin_apply(mat, x, num_iters)
+        ctx.save_for_backward(mat, out)
+        ctx.num_iters = num_iters
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        mat, out = ctx.saved_tensors
+        p_grad = newton_thin_apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
+        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
+
+
+# ----------------------------------------------------------------------------------------------- 'cholesky'
 def ridge_cholesky_solve(mat: Tensor, x: Tensor, eps: float = CHOLESKY_EPS) -> Tensor:
     """``(mat + eps * mean(diag(mat)) I)^-1 x`` for symmetric PSD ``mat (..., m, m)`` and ``x (..., m, c)``, in float64.
 
@@ -77,41 +205,7 @@ def ridge_cholesky_solve(mat: Tensor, x: Tensor, eps: float = CHOLESKY_EPS) -> T
     return torch.where(ok, out, x64 / (scale * (1 + eps)))
 
 
-def newton_thin_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
-    """``newton_pinv(mat, num_iters) @ x`` without forming the pseudo-inverse (residual form, no autograd)."""
-    mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
-    x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
-    alpha = mat3.sum(-1).amax(-1).clamp_min(torch.finfo(mat.dtype).tiny).pow(-2)[:, None, None]
-    # V_0 x first: every factor (2I - S_j) has eigenvalues in [1, 2], so the running product only grows towards the
-    # result and never holds the 2^num_iters-times amplified directions that alpha Ah would scale back down at the end.
-    y = alpha * torch.bmm(mat3, x3)
-    if num_iters == 0:
-        return y.view_as(x)
-    resid = alpha * torch.bmm(mat3, mat3)  # S_0 = alpha Ah^2 = Ah V_0
-    for j in range(num_iters):
-        y = torch.baddbmm(y, resid, y, beta=2.0, alpha=-1.0)  # y <- (2I - S_j) y
-        if j + 1 < num_iters:
-            resid = torch.baddbmm(resid, resid, resid, beta=2.0, alpha=-1.0)  # S_{j+1} = 2 S_j - S_j^2
-    return y.view_as(x)
-
-
-class _NewtonThinApply(torch.autograd.Function):
-    """``pinv_newton(mat) @ x`` by :func:`newton_thin_apply`, with the closed-form backward of ``'newton'``."""
-
-    @staticmethod
-    def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
-        out = newton_thin_apply(mat, x, num_iters)
-        ctx.save_for_backward(mat, out)
-        ctx.num_iters = num_iters
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        mat, out = ctx.saved_tensors
-        p_grad = newton_thin_apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
-        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
-
-
+# ----------------------------------------------------------------------------------------------- dispatch
 def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, solver: str = "newton") -> Operator:
     """The operator ``x (..., m, c) -> P x`` for landmarks ``k (..., m, d)``; results in float32 (float64 for float64
     landmarks). ``solver`` is one of :data:`SOLVERS`; ``num_iters`` applies to the Newton solvers."""
@@ -119,8 +213,6 @@ def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, sol
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
     if solver == "newton":
-        from .soft_attention import landmark_inverse  # late import: soft_attention imports this module
-
         inv = landmark_inverse(k, sym_norm=sym_norm, num_iters=num_iters)
         return lambda x: inv.to(x.dtype) @ x
 
@@ -135,7 +227,9 @@ def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, sol
             x = x.to(dtype)
             if d_inv_sqrt is not None:
                 x = d_inv_sqrt * x
-            if solver == "newton_thin":
+            if solver == "newton_eigh":
+                y = _NewtonEighApply.apply(kernel, x, num_iters)
+            elif solver == "newton_thin":
                 y = _NewtonThinApply.apply(kernel, x, num_iters)
             else:
                 y = ridge_cholesky_solve(kernel, x).to(dtype)

@@ -30,6 +30,13 @@ def kernel_matmul(q: Tensor, k: Tensor, w: Tensor) -> Tensor:
     return gaussian_kernel(q, k) @ w
 
 
+def newton_alpha(mat: Tensor) -> Tensor:
+    """Newton-Schulz start scale ``1 / max_row_sum^2`` per matrix, shape ``(..., 1, 1)``: for a symmetric
+    non-negative matrix ``1 / (||mat||_1 ||mat||_inf)``, which guarantees ``alpha sigma_max^2 <= 1``."""
+    max_row_sum = mat.sum(-1).amax(-1).clamp_min(torch.finfo(mat.dtype).tiny)
+    return max_row_sum.pow(-2)[..., None, None]
+
+
 def newton_schulz_iterations(mat: Tensor, num_iters: int) -> Tensor:
     """Run Newton-Schulz ``V <- 2V - V mat V`` from ``V0 = alpha * mat``, without autograd.
 
@@ -39,8 +46,7 @@ def newton_schulz_iterations(mat: Tensor, num_iters: int) -> Tensor:
     device (no host synchronisation), and each matrix gets its own alpha, so an image's result never
     depends on its batch mates (one alpha for the whole batch, as in the reference code, does).
     """
-    max_row_sum = mat.sum(-1).amax(-1).clamp_min(torch.finfo(mat.dtype).tiny)
-    alpha = max_row_sum.pow(-2)[..., None, None]
+    alpha = newton_alpha(mat)
     mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
     inv = (alpha * mat).reshape_as(mat3)
     for _ in range(num_iters):

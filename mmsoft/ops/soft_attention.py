@@ -27,56 +27,9 @@ _CUDA_MAX_CHANNELS = 128
 _fallbacks_logged: set[str] = set()
 
 
-class _NewtonPinv(torch.autograd.Function):
-    """Newton-Schulz pseudo-inverse with the closed-form backward.
-
-    Autograd never sees the iterations: memory stays one ``m x m`` matrix per head whatever the
-    number of iterations, and backward costs two GEMMs instead of 2 x num_iters.
-    """
-
-    @staticmethod
-    def forward(ctx, mat: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
-        inv = reference.newton_schulz_iterations(mat, num_iters)
-        ctx.save_for_backward(inv)
-        return inv
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (inv,) = ctx.saved_tensors
-        return reference.pinv_backward(inv, grad), None
-
-
 def _check_impl(impl: str) -> None:
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-
-
-def newton_pinv(mat: Tensor, num_iters: int = 20) -> Tensor:
-    """Pseudo-inverse of symmetric non-negative ``mat (..., m, m)`` by ``num_iters`` Newton-Schulz steps.
-
-    Computed in float32 (float64 stays float64) whatever the input dtype or autocast state.
-    """
-    if mat.dim() < 2 or mat.shape[-1] != mat.shape[-2]:
-        raise ValueError(f"newton_pinv expects square matrices (..., m, m), got shape {tuple(mat.shape)}")
-    if num_iters < 0:
-        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
-    work_dtype = torch.float64 if mat.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=mat.device.type, enabled=False):
-        return _NewtonPinv.apply(mat.to(work_dtype), num_iters)
-
-
-def landmark_inverse(k: Tensor, sym_norm: bool = True, num_iters: int = 20) -> Tensor:
-    """``P`` of the attention for landmarks ``k (..., m, d)``: pinv of their kernel, optionally
-    symmetrically normalised. Float32 (float64 for float64 input), shape ``(..., m, m)``."""
-    work_dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=k.device.type, enabled=False):
-        k = k.to(work_dtype)
-        kernel = reference.gaussian_kernel(k, k)
-        inv = newton_pinv(kernel, num_iters)
-        if sym_norm:
-            d_inv_sqrt = kernel.sum(-1).rsqrt()
-            inv = d_inv_sqrt.unsqueeze(-1) * inv * d_inv_sqrt.unsqueeze(-2)
-    return inv
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:

@@ -5,8 +5,8 @@ import torch
 
 from mmsoft.models.backbones.soft import SOFT
 from mmsoft.ops import landmark_inverse, soft_attention
-from mmsoft.ops.landmark_solvers import CHOLESKY_EPS, SOLVERS, landmark_solve, ridge_cholesky_solve
-from mmsoft.ops.reference import gaussian_kernel
+from mmsoft.ops.landmark_solvers import CHOLESKY_EPS, SOLVERS, landmark_solve, newton_filter, ridge_cholesky_solve
+from mmsoft.ops.reference import gaussian_kernel, newton_alpha
 
 
 def _spread_landmarks(batch: int, m: int, d: int, dtype: torch.dtype) -> torch.Tensor:
@@ -62,6 +62,50 @@ def test_newton_thin_is_newton_even_unconverged_float64(num_iters):
     assert _rel(torch.linalg.solve(kernel, x), expected) > 1e-2  # the test input really is unconverged
 
 
+@pytest.mark.parametrize("num_iters", [0, 1, 5, 20, 40])
+@pytest.mark.parametrize("scale", [2.0, 0.3, 0.1])
+def test_newton_eigh_is_newton_float64(num_iters, scale):
+    # The closed form of the Newton filter evaluates the same function as the iterations, converged (scale 2) or
+    # far from it (0.3, 0.1: kernel eigenvalues down to 1e-8 of max_row_sum), also for 0 steps (alpha Ah).
+    k = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * scale
+    x = torch.randn(2, 64, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = landmark_inverse(k, sym_norm=True, num_iters=num_iters) @ x
+    # 40 steps at scale 0.1 invert eigenvalues down to ~1e-7: float64 rounding times that condition number, ~2e-10
+    assert _rel(landmark_solve(k, x, num_iters=num_iters, solver="newton_eigh"), expected) < 1e-8
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3, 0.1])
+def test_newton_eigh_float32_at_least_as_accurate_as_newton(scale):
+    # From float32 landmarks, 'newton_eigh' (float64 eigendecomposition) stays as close to the float64 Newton result as
+    # float32 'newton' itself (measured: 1.8e-6 / 3.8e-6 / 1.1e-5 vs 1.7e-6 / 8.6e-6 / 4.9e-5).
+    k = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * scale
+    x = torch.randn(2, 64, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = landmark_inverse(k, num_iters=20) @ x
+    out = landmark_solve(k.float(), x.float(), solver="newton_eigh")
+    assert out.dtype == torch.float32
+    newton_err = _rel(landmark_inverse(k.float()) @ x.float(), ref)
+    assert _rel(out, ref) < max(1.5 * newton_err, 2e-6)
+
+
+def test_newton_filter_closed_form():
+    lam = torch.tensor([0.0, 1e-6, -1e-6, 0.01, 0.5, 1.0, -1.0, 2.0], dtype=torch.float64)
+    alpha = torch.tensor(0.25, dtype=torch.float64)  # max_row_sum 2: alpha lam^2 <= 1
+    for num_iters in (0, 3, 20):
+        # scalar Newton-Schulz x <- 2x - x lam x from alpha lam, in float64
+        x = alpha * lam
+        for _ in range(num_iters):
+            x = 2 * x - x * lam * x
+        torch.testing.assert_close(newton_filter(lam, alpha, num_iters), x, rtol=1e-12, atol=0)
+    f = newton_filter(lam, alpha, 20)
+    assert f[0] == 0 and f[2] == -f[1] and f[6] == -f[5]  # odd, 0 at 0
+    assert torch.allclose(f[4:6], 1 / lam[4:6], rtol=1e-12)  # resolved eigenvalues are inverted
+    assert torch.allclose(f[1], 2.0 ** 20 * alpha * lam[1], rtol=1e-6)  # small ones damped, not inverted
+    # per-matrix alpha broadcasts over the eigenvalues; non-finite input stays non-finite (as Newton), per matrix
+    lam2 = torch.stack([lam[1:], torch.full_like(lam[1:], float("nan"))])
+    f2 = newton_filter(lam2, newton_alpha(torch.ones(2, 1, 1, dtype=torch.float64))[..., 0], 20)
+    assert torch.isfinite(f2[0]).all() and torch.isnan(f2[1]).all()
+
+
 @pytest.mark.parametrize("scale, tol", [(1.0, 1e-5), (0.7, 2e-4), (0.3, 2e-2)])
 def test_newton_thin_float32_tolerance(scale, tol):
     # fp32 rounding noise of the residual chain S_j grows 2x per step in the directions Newton has not resolved, so
@@ -105,18 +149,28 @@ def test_gradcheck_newton_thin_converged_float64():
         lambda q, k, v: soft_attention(q, k, v, num_iters=30, impl="reference", solver="newton_thin"), (q, k, v))
 
 
-def test_newton_thin_gradients_equal_newton_unconverged():
+def test_gradcheck_newton_eigh_converged_float64():
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = (torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
+    v = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: soft_attention(q, k, v, num_iters=30, impl="reference", solver="newton_eigh"), (q, k, v))
+
+
+@pytest.mark.parametrize("solver", ["newton_thin", "newton_eigh"])
+def test_gradients_equal_newton_unconverged(solver):
     gen = torch.Generator().manual_seed(4)
     q = torch.randn(2, 50, 8, generator=gen, dtype=torch.float64) * 0.5
     k = _clustered_landmarks(2, 16, 8, torch.float64)
     v = torch.randn(2, 50, 4, generator=gen, dtype=torch.float64)
     g = torch.randn(2, 50, 4, generator=gen, dtype=torch.float64)
     grads = {}
-    for solver in ("newton", "newton_thin"):
+    for name in ("newton", solver):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        soft_attention(*leaves, impl="reference", solver=solver).backward(g)
-        grads[solver] = [t.grad for t in leaves]
-    for a, b in zip(grads["newton_thin"], grads["newton"]):
+        soft_attention(*leaves, impl="reference", solver=name).backward(g)
+        grads[name] = [t.grad for t in leaves]
+    for a, b in zip(grads[solver], grads["newton"]):
         assert _rel(a, b) < 1e-9
 
 
@@ -147,7 +201,7 @@ def test_bad_solver_values():
         SOFT(arch="tiny", landmark_solver="Cholesky")
 
 
-@pytest.mark.parametrize("solver", ["newton_thin", "cholesky"])
+@pytest.mark.parametrize("solver", ["newton_thin", "newton_eigh", "cholesky"])
 def test_traces_without_graph_breaks(solver):
     q, k, v = torch.randn(2, 32, 8), torch.randn(2, 8, 8) * 0.5, torch.randn(2, 32, 8)
     fn = torch.compile(lambda q, k, v: soft_attention(q, k, v, impl="reference", solver=solver), backend="eager",
@@ -165,7 +219,7 @@ def test_backbone_solvers_close_to_newton():
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         ref = ref_model(x)
-        for solver in ("newton_thin", "cholesky"):
+        for solver in ("newton_eigh", "newton_thin", "cholesky"):
             model = SOFT(arch="tiny", landmark_solver=solver).eval()
             model.load_state_dict(ref_model.state_dict())
             assert all(b.attn.landmark_solver == solver for s in model.stages[:3] for b in s.blocks)

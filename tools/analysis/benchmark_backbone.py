@@ -19,21 +19,24 @@ initialisation; a warm-up at full size would double the cost of minute-long CPU 
     the model was built). Counts every allocation (torch, MKL scratch), not only tensors.
   * CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated before the timed runs.
 Landmark-solver share ("solver %"): wall time spent inside the landmark solver (the Newton-Schulz iterations for
-``newton``, their residual form applied to the right-hand side for ``newton_thin``, the float64 Cholesky
-factorisation + solves for ``cholesky``; with forward+backward also ``newton_thin``'s backward recomputation, not
-``newton``'s two backward GEMMs) over the run's wall time, measured by timing those calls (``torch.cuda.synchronize``
-around them on CUDA, which adds a few syncs). The rest of the attention (A^T V, A W, the landmark kernel) is not
+``newton``, the float64 eigendecomposition and filter for ``newton_eigh``, the residual form applied to the
+right-hand side for ``newton_thin``, the float64 Cholesky factorisation + solves for ``cholesky``; with
+forward+backward also ``newton_thin``'s backward recomputation, not the cheap closed-form backward products) over
+the run's wall time, measured by timing those calls (``torch.cuda.synchronize`` around them on CUDA, which adds a
+few syncs). The rest of the attention (A^T V, A W, the landmark kernel) is not
 counted.
 
 ``--accuracy`` compares the solvers on real activations: demo images (``data/demo/coco/val``) upscaled to 800x1333, the
 demo-trained SOFT-Tiny-Norm backbone when ``work_dirs/demo_retinanet/iter_600.pth`` exists (else a randomly
 initialised one, said so in the output); per attention layer the max |difference| of the attention output on the
-same inputs as the Newton run, and end to end the max |difference| of the backbone's four output maps.
+same inputs as the Newton run, and end to end the max |difference| of the backbone's four output maps, both against
+float32 ``newton`` (what the default computes) and against the exact 20-step function (``newton`` in float64: the
+layer's inputs in float64, end to end a float64 copy of the backbone).
 
-Example (what fits on a 2-core CPU in ~30 minutes)::
+Example (what fits on a 2-core CPU in ~15 minutes)::
 
     python tools/analysis/benchmark_backbone.py --what detector --sizes 512x512 800x1333 --mode forward \\
-        --models soft-t pvt-t pvtv2-b1 swin-t --solvers newton cholesky --repeat 1 --accuracy
+        --models soft-t pvt-t pvtv2-b1 swin-t --solvers newton newton_eigh --repeat 1 --accuracy
 
 writes ``<out>/benchmark_<what>_<device>.json`` and ``.png`` (latency vs input pixels) and prints markdown tables.
 """
@@ -138,8 +141,8 @@ class SolverTimer:
 
         self.total = 0.0
         self.cuda = cuda
-        self._patches = [(reference, "newton_schulz_iterations"), (landmark_solvers, "newton_thin_apply"),
-                         (landmark_solvers, "ridge_cholesky_solve")]
+        self._patches = [(reference, "newton_schulz_iterations"), (landmark_solvers, "newton_eigh_factors"),
+                         (landmark_solvers, "newton_thin_apply"), (landmark_solvers, "ridge_cholesky_solve")]
         self._originals = [getattr(mod, attr) for mod, attr in self._patches]
         for (mod, attr), fn in zip(self._patches, self._originals):
             setattr(mod, attr, self._wrap(fn))
@@ -246,15 +249,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- accuracy
-def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]:
-    """Solvers vs 'newton' on real activations of SOFT-Tiny-Norm at 800x1333: per attention layer and end to end."""
-    import numpy as np
+def _demo_backbone(device: str):
+    """SOFT-Tiny-Norm backbone (demo-trained when its checkpoint exists), a description, and the image mean / std."""
     import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    import mmsoft.models.layers.soft_attention as attn_mod
-    from mmsoft.ops import soft_attention
 
     if DEMO_CKPT.exists():
         from mmengine.config import Config
@@ -277,7 +274,29 @@ def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]
         backbone.init_weights()
         mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
         std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
-    backbone = backbone.to(device).eval()
+    return backbone.to(device).eval(), weights, mean, std
+
+
+def _diff(out, ref) -> dict[str, float]:
+    diff = (out.double() - ref.double()).abs().max().item()
+    return {"max_abs": diff, "rel": diff / max(ref.double().abs().max().item(), 1e-30)}
+
+
+def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]:
+    """Solvers on real activations of SOFT-Tiny-Norm at 800x1333, per attention layer and end to end, against two
+    references: float32 ``'newton'`` (what the default runs) and the exact 20-step function (``'newton'`` in
+    float64, per layer on the same float32 inputs; end to end a float64 copy of the backbone)."""
+    import copy
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    import mmsoft.models.layers.soft_attention as attn_mod
+    from mmsoft.ops import soft_attention
+
+    backbone, weights, mean, std = _demo_backbone(device)
     files = sorted(DEMO_IMAGES.glob("*.png"))[:num_images]
     if not files:
         raise FileNotFoundError(f"no demo images under {DEMO_IMAGES}: run python tools/misc/make_demo_data.py")
@@ -290,18 +309,21 @@ def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]
         captured.append((q, k, v, kwargs, out))
         return out
 
-    def set_solver(solver: str) -> None:
-        for m in backbone.modules():
+    def set_solver(model, solver: str) -> None:
+        for m in model.modules():
             if hasattr(m, "landmark_solver"):
                 m.landmark_solver = solver
 
-    layers: dict[str, list[dict[str, float]]] = {s: [] for s in solvers if s != "newton"}
-    outputs: dict[str, list[dict[str, float]]] = {s: [] for s in layers}
+    exact_backbone = copy.deepcopy(backbone).double()
+    set_solver(exact_backbone, "newton")
+    names = list(dict.fromkeys(["newton", *solvers]))
+    layers: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
+    outputs: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
     for path in files:
         img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
         img = F.interpolate(img, size=(800, 1333), mode="bilinear", align_corners=False)
         img = F.pad((img - mean) / std, (0, 11, 0, 0)).to(device)  # 800 x 1344, as mmdet pads
-        set_solver("newton")
+        set_solver(backbone, "newton")
         captured.clear()
         attn_mod.soft_attention = capture
         try:
@@ -309,21 +331,22 @@ def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]
                 ref_out = backbone(img)
         finally:
             attn_mod.soft_attention = original
-        for solver in layers:
+        with torch.no_grad():
+            exact_out = exact_backbone(img.double())
+            exact_layers = [soft_attention(q.double(), k.double(), v.double(), **{**kw, "solver": "newton"})
+                            for q, k, v, kw, _ in captured]
+        for solver in names:
             with torch.no_grad():
-                for i, (q, k, v, kwargs, ref) in enumerate(captured):
-                    out = soft_attention(q, k, v, **{**kwargs, "solver": solver})
-                    diff = (out - ref).abs().max().item()
+                for i, ((q, k, v, kwargs, ref), exact) in enumerate(zip(captured, exact_layers)):
+                    out = ref if solver == "newton" else soft_attention(q, k, v, **{**kwargs, "solver": solver})
                     layers[solver].append({"image": path.name, "layer": i, "m": k.shape[-2], "n": q.shape[-2],
-                                           "max_abs": diff, "max_ref": ref.abs().max().item(),
-                                           "rel": diff / max(ref.abs().max().item(), 1e-30)})
-                set_solver(solver)
+                                           "vs_newton": _diff(out, ref), "vs_exact": _diff(out, exact)})
+                set_solver(backbone, solver)
                 outs = backbone(img)
-            for stage, (a, b) in enumerate(zip(outs, ref_out)):
-                diff = (a - b).abs().max().item()
-                outputs[solver].append({"image": path.name, "stage": stage, "max_abs": diff,
-                                        "rel": diff / max(b.abs().max().item(), 1e-30)})
-    set_solver("newton")
+            for stage, (a, b, e) in enumerate(zip(outs, ref_out, exact_out)):
+                outputs[solver].append({"image": path.name, "stage": stage, "vs_newton": _diff(a, b),
+                                        "vs_exact": _diff(a, e)})
+    set_solver(backbone, "newton")
     return {"weights": weights, "images": [p.name for p in files], "input": "800x1333 (padded to 800x1344)",
             "per_layer": layers, "backbone_outputs": outputs}
 
@@ -369,15 +392,16 @@ def markdown_table(results: list[dict[str, Any]], sizes: list[tuple[int, int]], 
 
 
 def accuracy_table(acc: dict[str, Any]) -> str:
-    """Markdown summary of the accuracy section."""
-    rows = [f"Accuracy vs 'newton' (20 iterations), SOFT-Tiny-Norm backbone, {acc['weights']}, "
-            f"{len(acc['images'])} demo image(s) at {acc['input']}:", "",
-            "| solver | attention layers: max abs diff | max rel diff | backbone outputs: max abs diff | "
-            "max rel diff |", "|---|---:|---:|---:|---:|"]
+    """Markdown summary of the accuracy section: max relative differences (max |diff| / max |reference|)."""
+    rows = [f"Accuracy, SOFT-Tiny-Norm backbone, {acc['weights']}, {len(acc['images'])} demo image(s) at "
+            f"{acc['input']}; max |diff| / max |reference| over attention layers and over the four output maps, "
+            "against float32 'newton' and against the exact 20-step function (float64 'newton'):", "",
+            "| solver | layers vs newton fp32 | layers vs exact | outputs vs newton fp32 | outputs vs exact |",
+            "|---|---:|---:|---:|---:|"]
     for solver, layers in acc["per_layer"].items():
         outs = acc["backbone_outputs"][solver]
-        rows.append(f"| {solver} | {max(x['max_abs'] for x in layers):.3g} | {max(x['rel'] for x in layers):.3g} | "
-                    f"{max(x['max_abs'] for x in outs):.3g} | {max(x['rel'] for x in outs):.3g} |")
+        cells = [max(x[ref]["rel"] for x in rows_) for rows_ in (layers, outs) for ref in ("vs_newton", "vs_exact")]
+        rows.append(f"| {solver} | " + " | ".join(f"{c:.3g}" for c in cells) + " |")
     return "\n".join(rows)
 
 

@@ -69,9 +69,10 @@ class SOFT(BaseModule):
         newton_iters: Newton-Schulz iterations for the pseudo-inverse (20 in the paper).
         attn_impl: backend of the attention core, see :func:`mmsoft.ops.soft_attention`.
         landmark_solver: how the pseudo-inverse of the landmark kernel is applied: ``'newton'`` (default, the
-            published ``newton_iters`` Newton-Schulz steps), ``'newton_thin'`` (the same function with half the
-            forward GEMMs) or ``'cholesky'`` (exact ridge inverse: fast, but not the function Newton-trained weights
-            expect, see :mod:`mmsoft.ops.landmark_solvers`).
+            published ``newton_iters`` Newton-Schulz steps), ``'newton_eigh'`` (the same function in closed form
+            through a float64 eigendecomposition: the fastest faithful choice on CPU), ``'newton_thin'`` (the same
+            function with half the forward GEMMs) or ``'cholesky'`` (exact ridge inverse: not the function
+            Newton-trained weights expect), see :mod:`mmsoft.ops.landmark_solvers`.
         pretrain_img_size: image size the position embeddings were learned at (224 on ImageNet).
         norm_cfg: norm of the convolutional patch embeddings (BN; SyncBN for multi-GPU).
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.

@@ -20,9 +20,9 @@ class SOFTAttention(nn.Module):
         sym_norm: True for SOFT-Norm (symmetric normalisation of the pseudo-inverse).
         newton_iters: Newton-Schulz iterations of the pseudo-inverse.
         attn_impl: backend of :func:`mmsoft.ops.soft_attention`.
-        landmark_solver: how ``P . (A^T V)`` is evaluated: ``'newton'`` (faithful), ``'newton_thin'`` (same
-            function, half the forward GEMMs) or ``'cholesky'`` (exact ridge solve), see
-            :mod:`mmsoft.ops.landmark_solvers`.
+        landmark_solver: how ``P . (A^T V)`` is evaluated: ``'newton'`` (faithful), ``'newton_eigh'`` (same
+            function via an eigendecomposition), ``'newton_thin'`` (same function, half the forward GEMMs) or
+            ``'cholesky'`` (exact ridge solve), see :mod:`mmsoft.ops.landmark_solvers`.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
