@@ -258,11 +258,12 @@ def _demo_backbone(device: str):
         from mmengine.registry import MODELS, init_default_scope
         from mmengine.runner import load_checkpoint
 
-        from mmsoft.utils import prepare_scope
+        from mmsoft.utils import allow_mmengine_checkpoint_types, prepare_scope
 
         cfg = Config.fromfile(str(DEMO_CONFIG))
         init_default_scope(prepare_scope(cfg))
         detector = MODELS.build(cfg.model)
+        allow_mmengine_checkpoint_types()  # torch.load(weights_only=True) of what mmengine writes
         load_checkpoint(detector, str(DEMO_CKPT), map_location="cpu")
         backbone, weights = detector.backbone, f"demo-trained ({DEMO_CKPT.relative_to(ROOT)})"
         mean, std = detector.data_preprocessor.mean.view(1, 3, 1, 1), detector.data_preprocessor.std.view(1, 3, 1, 1)

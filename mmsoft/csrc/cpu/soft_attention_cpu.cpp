@@ -4,10 +4,11 @@
 // scratch buffer with one GEMM of augmented operands,
 //     [q, -|q|^2/2, 1] . [k, 1, -|k|^2/2]^T = -|q - k|^2 / 2,
 // followed by clamp + exp (ATen's vectorised kernels), and immediately consumed by the next GEMM(s). A is never
-// stored whole: extra memory is O(threads * rows * m) scratch plus O(B * chunks * m * (d + c)) partial sums.
-// Work is split into (batch, chunk of row blocks) tasks, scheduled dynamically over the threads. Reductions over N
-// (A^T v, dk, dw) go to one private partial buffer per task, summed in a fixed order at the end, so results do not
-// depend on thread scheduling. All arithmetic runs in acc(T) (fp32 / fp64).
+// stored whole: extra memory is O(B N (d + 2)) for the augmented queries (built once per call, in acc(T), like q
+// itself), O(threads * rows * m) scratch and O(B * chunks * m * (d + c)) partial sums. Work is split into (batch,
+// chunk of row blocks) tasks, scheduled dynamically over the threads. Reductions over N (A^T v, dk, dw) go to one
+// private partial buffer per task, summed in a fixed order at the end, so results do not depend on thread
+// scheduling. All arithmetic runs in acc(T) (fp32 / fp64).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
@@ -24,14 +25,15 @@ namespace mmsoft {
 namespace cpu {
 namespace {
 
-// Elements of one (rows x m) tile of A: 256 KiB in fp32, so the tile and its gradient tile stay in L2.
-constexpr int64_t kTileElems = 64 * 1024;
+// Elements of one (rows x m) tile of A: 512 KiB in fp32, so the tile and its gradient tile stay in L2, and each
+// tile's handful of ATen calls (dispatch costs microseconds) is amortised over ~250 rows at m ~ 1000.
+constexpr int64_t kTileElems = 128 * 1024;
 
 struct Plan {
   int64_t batch, n, m, rows, blocks, chunks;
 
   Plan(int64_t batch_, int64_t n_, int64_t m_) : batch(batch_), n(n_), m(m_) {
-    rows = std::clamp<int64_t>(kTileElems / std::max<int64_t>(m, 1), 16, 512);
+    rows = std::clamp<int64_t>(kTileElems / std::max<int64_t>(m, 1), 16, 1024);
     rows = std::min(rows, std::max<int64_t>(n, 1));
     blocks = (n + rows - 1) / rows;
     // About 4 (batch, chunk) tasks per thread, so that threads that finish early take over work (see for_each_task).
@@ -80,57 +82,54 @@ at::Tensor augment_landmarks(const at::Tensor& k) {
   return kaug;
 }
 
-// Fills qa = [q_rows, -|q|^2 / 2, 1] (rows x (d + 2)) and a = exp(min(qa kaug_b^T, 0)) (rows x m): one tile of A.
-void gaussian_tile(const at::Tensor& q_rows, const at::Tensor& kaug_b, at::Tensor& qa, at::Tensor& a) {
-  const int64_t d = q_rows.size(1);
-  auto qd = qa.narrow(1, 0, d);
-  qd.copy_(q_rows);
-  qa.narrow(1, d, 1).copy_(qd.square().sum(1, /*keepdim=*/true).mul_(-0.5));
-  qa.narrow(1, d + 1, 1).fill_(1);
-  at::mm_out(a, qa, kaug_b.t());
+// [q, -|q|^2 / 2, 1]: (B, N, d + 2), contiguous, in the accumulation dtype (built once per call, not per tile).
+at::Tensor augment_queries(const at::Tensor& q, const at::TensorOptions& acc_opts) {
+  const int64_t d = q.size(2);
+  auto qaug = at::empty({q.size(0), q.size(1), d + 2}, acc_opts);
+  auto qd = qaug.narrow(2, 0, d);
+  qd.copy_(q);
+  qaug.narrow(2, d, 1).copy_(qd.square().sum(2, /*keepdim=*/true).mul_(-0.5));
+  qaug.narrow(2, d + 1, 1).fill_(1);
+  return qaug;
+}
+
+// a = exp(min(qaug_rows kaug_b^T, 0)) (rows x m): one tile of A.
+void gaussian_tile(const at::Tensor& qaug_rows, const at::Tensor& kaug_b, at::Tensor& a) {
+  at::mm_out(a, qaug_rows, kaug_b.t());
   // The clamp removes rounding noise that could make -|q - k|^2 / 2 slightly positive (as the reference does).
   a.clamp_max_(0).exp_();
 }
 
-// rows x width view of `src` rows [n0, n0 + rows) in the accumulation dtype (converted into `buf` if needed).
-at::Tensor rows_as_acc(const at::Tensor& src_b, int64_t n0, int64_t rows, at::Tensor& buf) {
-  auto view = src_b.narrow(0, n0, rows);
-  if (!buf.defined()) return view;
-  return buf.narrow(0, 0, rows).copy_(view);
+// `t` in the accumulation dtype: itself when it already is, else one converted copy for the whole call.
+at::Tensor as_acc(const at::Tensor& t, const at::TensorOptions& acc_opts) {
+  return t.scalar_type() == acc_opts.dtype().toScalarType() ? t : t.to(acc_opts.dtype().toScalarType());
 }
 
 }  // namespace
 
 at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   at::NoGradGuard no_grad;
-  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = v.size(2);
+  const int64_t batch = q.size(0), n = q.size(1), m = k.size(1), c = v.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
   if (batch == 0 || n == 0) return at::zeros({batch, m, c}, acc_opts);
   const Plan plan(batch, n, m);
   const auto kaug = augment_landmarks(k);
+  const auto qaug = augment_queries(q, acc_opts);
+  const auto v_acc = as_acc(v, acc_opts);
   auto part = at::zeros({batch, plan.chunks, m, c}, acc_opts);
-  const bool convert = v.scalar_type() != acc_opts.dtype().toScalarType();
 
-  struct Scratch {
-    at::Tensor qa, a, v;
-  };
   for_each_task(
-      plan,
-      [&] {
-        return Scratch{at::empty({plan.rows, d + 2}, acc_opts), at::empty({plan.rows, m}, acc_opts),
-                       convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
-      },
-      [&](Scratch& buf, int64_t task) {
+      plan, [&] { return at::empty({plan.rows, m}, acc_opts); },
+      [&](at::Tensor& tile, int64_t task) {
         const int64_t b = task / plan.chunks, ch = task % plan.chunks;
         auto part_bc = part[b][ch];
-        const auto q_b = q[b], v_b = v[b], kaug_b = kaug[b];
+        const auto qaug_b = qaug[b], v_b = v_acc[b], kaug_b = kaug[b];
         const auto range = plan.block_range(ch);
         for (int64_t blk = range.first; blk < range.second; ++blk) {
           const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
-          auto qa = buf.qa.narrow(0, 0, rows);
-          auto a = buf.a.narrow(0, 0, rows);
-          gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
-          part_bc.addmm_(a.t(), rows_as_acc(v_b, n0, rows, buf.v));
+          auto a = tile.narrow(0, 0, rows);
+          gaussian_tile(qaug_b.narrow(0, n0, rows), kaug_b, a);
+          part_bc.addmm_(a.t(), v_b.narrow(0, n0, rows));
         }
       });
   return part.sum(1);
@@ -138,33 +137,33 @@ at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, con
 
 at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
   at::NoGradGuard no_grad;
-  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = w.size(2);
+  const int64_t batch = q.size(0), n = q.size(1), m = k.size(1), c = w.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
   auto out = at::empty({batch, n, c}, q.options());
   if (out.numel() == 0) return out;
   const Plan plan(batch, n, m);
   const auto kaug = augment_landmarks(k);
+  const auto qaug = augment_queries(q, acc_opts);
   const bool convert = q.scalar_type() != acc_opts.dtype().toScalarType();
 
   struct Scratch {
-    at::Tensor qa, a, out;
+    at::Tensor a, out;
   };
   for_each_task(
       plan,
       [&] {
-        return Scratch{at::empty({plan.rows, d + 2}, acc_opts), at::empty({plan.rows, m}, acc_opts),
+        return Scratch{at::empty({plan.rows, m}, acc_opts),
                        convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
       },
       [&](Scratch& buf, int64_t task) {
         const int64_t b = task / plan.chunks, ch = task % plan.chunks;
-        const auto q_b = q[b], w_b = w[b], kaug_b = kaug[b];
+        const auto qaug_b = qaug[b], w_b = w[b], kaug_b = kaug[b];
         auto out_b = out[b];
         const auto range = plan.block_range(ch);
         for (int64_t blk = range.first; blk < range.second; ++blk) {
           const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
-          auto qa = buf.qa.narrow(0, 0, rows);
           auto a = buf.a.narrow(0, 0, rows);
-          gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
+          gaussian_tile(qaug_b.narrow(0, n0, rows), kaug_b, a);
           auto out_rows = out_b.narrow(0, n0, rows);
           if (convert) {
             auto o = buf.out.narrow(0, 0, rows);
@@ -198,6 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
   }
   const Plan plan(batch, n, m);
   const auto kaug = augment_landmarks(k);
+  const auto qaug = augment_queries(q, acc_opts);
+  const auto x_acc = as_acc(x, acc_opts);
   // Per-task partial sums: [G^T q, -(G^T |q|^2) / 2, colsum(G)] and (if !kTransposed) A^T x.
   auto part_k = at::zeros({batch, plan.chunks, m, d + 2}, acc_opts);
   at::Tensor part_x, dx;
@@ -208,32 +209,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
   }
 
   struct Scratch {
-    at::Tensor qa, a, g, dqa, x, dx;
+    at::Tensor a, g, dqa, dx;
   };
   for_each_task(
       plan,
       [&] {
-        return Scratch{at::empty({plan.rows, d + 2}, acc_opts),
-                       at::empty({plan.rows, m}, acc_opts),
+        return Scratch{at::empty({plan.rows, m}, acc_opts),
                        at::empty({plan.rows, m}, acc_opts),
                        at::empty({plan.rows, d + 2}, acc_opts),
-                       convert ? at::empty({plan.rows, c}, acc_opts) : at::Tensor(),
                        (convert && kTransposed) ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
       },
       [&](Scratch& buf, int64_t task) {
         const int64_t b = task / plan.chunks, ch = task % plan.chunks;
-        const auto q_b = q[b], x_b = x[b], y_b = y[b], kaug_b = kaug[b];
+        const auto qaug_b = qaug[b], x_b = x_acc[b], y_b = y[b], kaug_b = kaug[b];
         auto dq_b = dq[b];
         auto part_k_bc = part_k[b][ch];
         const auto range = plan.block_range(ch);
         for (int64_t blk = range.first; blk < range.second; ++blk) {
           const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
-          auto qa = buf.qa.narrow(0, 0, rows);
+          const auto qa = qaug_b.narrow(0, n0, rows);
           auto a = buf.a.narrow(0, 0, rows);
           auto g = buf.g.narrow(0, 0, rows);
           auto dqa = buf.dqa.narrow(0, 0, rows);
-          gaussian_tile(q_b.narrow(0, n0, rows), kaug_b, qa, a);
-          const auto x_rows = rows_as_acc(x_b, n0, rows, buf.x);
+          gaussian_tile(qa, kaug_b, a);
+          const auto x_rows = x_b.narrow(0, n0, rows);
           at::mm_out(g, x_rows, y_b.t());
           g.mul_(a);
           // [G k, rowsum(G), *] in one GEMM thanks to the augmented landmarks.
