@@ -68,3 +68,23 @@ def test_solver_timer_sees_every_solver(solver):
     before = timer.total
     soft_attention(q, k, v, impl="reference", solver=solver)
     assert timer.total == before  # restored: no longer counting
+
+
+def test_load_pyplot_without_matplotlib(monkeypatch, capsys):
+    import sys
+
+    from mmsoft.utils.plotting import load_pyplot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    assert load_pyplot() is None
+    assert "pip install matplotlib" in capsys.readouterr().out
+    assert bb.plot([], ["forward"], Path("unused.png"), "title") is False
+
+
+@pytest.mark.parametrize("name", ["swin-t", "soft-t"])
+def test_build_backbone_returns_module_in_eval_mode(name):
+    # mmdet's SwinTransformer.train() returns None: the tool must not return model.eval()'s result
+    model = bb.build_model(name, "newton_eigh", "backbone")
+    assert model is not None and not model.training
+    if name == "soft-t":
+        assert {m.landmark_solver for m in model.modules() if hasattr(m, "landmark_solver")} == {"newton_eigh"}

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmsoft.utils.plotting import load_pyplot
 from mmsoft.utils.process_memory import reset_peak_rss, status_kib
 
 IMPLS = ("reference", "ext", "sdpa")
@@ -231,13 +232,8 @@ def ratios(results: list[dict[str, Any]], n: int) -> list[str]:
 
 def plot(results: list[dict[str, Any]], impls: list[str], path: Path, title: str) -> bool:
     """Log-log plot of time and peak memory vs N (one panel per mode and metric); False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = load_pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
     for col, mode in enumerate(MODES):

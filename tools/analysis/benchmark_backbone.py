@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmsoft.utils.plotting import load_pyplot
 from mmsoft.utils.process_memory import reset_peak_rss, status_kib
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,8 @@ def build_model(name: str, solver: str, what: str):
         cfg.model.backbone.landmark_solver = solver
     init_default_scope(prepare_scope(cfg))
     model = MODELS.build(cfg.model.backbone if what == "backbone" else cfg.model)
-    return model.eval()
+    model.eval()  # not `return model.eval()`: mmdet's SwinTransformer.train() override returns None
+    return model
 
 
 class SolverTimer:
@@ -408,13 +410,8 @@ def accuracy_table(acc: dict[str, Any]) -> str:
 
 def plot(results: list[dict[str, Any]], modes: list[str], path: Path, title: str) -> bool:
     """Log-log plot of latency vs input pixels, one line per model/solver and one panel per mode."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = load_pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 5), squeeze=False)
     for ax, mode in zip(axes[0], modes):

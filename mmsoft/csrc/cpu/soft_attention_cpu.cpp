@@ -26,7 +26,7 @@ namespace cpu {
 namespace {
 
 // Elements of one (rows x m) tile of A: 512 KiB in fp32, so the tile and its gradient tile stay in L2, and each
-// tile's handful of ATen calls (dispatch costs microseconds) is amortised over ~250 rows at m ~ 1000.
+// tile's handful of ATen calls (dispatch costs microseconds) is amortised over ~128 rows at m ~ 1000.
 constexpr int64_t kTileElems = 128 * 1024;
 
 struct Plan {
@@ -43,9 +43,13 @@ struct Plan {
     chunks = std::clamp<int64_t>((4 * threads + b - 1) / b, 1, std::max<int64_t>(blocks, 1));
   }
   int64_t tasks() const { return batch * chunks; }
-  // Row blocks [first, last) handled by chunk `ch`.
-  std::pair<int64_t, int64_t> block_range(int64_t ch) const {
-    return {ch * blocks / chunks, (ch + 1) * blocks / chunks};
+  // Calls block(n0, rows) for each row block [n0, n0 + rows) of chunk `ch`, in order.
+  template <typename Block>
+  void for_each_block(int64_t ch, const Block& block) const {
+    for (int64_t blk = ch * blocks / chunks; blk < (ch + 1) * blocks / chunks; ++blk) {
+      const int64_t n0 = blk * rows;
+      block(n0, std::min(rows, n - n0));
+    }
   }
 };
 
@@ -124,13 +128,11 @@ at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, con
         const int64_t b = task / plan.chunks, ch = task % plan.chunks;
         auto part_bc = part[b][ch];
         const auto qaug_b = qaug[b], v_b = v_acc[b], kaug_b = kaug[b];
-        const auto range = plan.block_range(ch);
-        for (int64_t blk = range.first; blk < range.second; ++blk) {
-          const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+        plan.for_each_block(ch, [&](int64_t n0, int64_t rows) {
           auto a = tile.narrow(0, 0, rows);
           gaussian_tile(qaug_b.narrow(0, n0, rows), kaug_b, a);
           part_bc.addmm_(a.t(), v_b.narrow(0, n0, rows));
-        }
+        });
       });
   return part.sum(1);
 }
@@ -159,9 +161,7 @@ at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const
         const int64_t b = task / plan.chunks, ch = task % plan.chunks;
         const auto qaug_b = qaug[b], w_b = w[b], kaug_b = kaug[b];
         auto out_b = out[b];
-        const auto range = plan.block_range(ch);
-        for (int64_t blk = range.first; blk < range.second; ++blk) {
-          const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+        plan.for_each_block(ch, [&](int64_t n0, int64_t rows) {
           auto a = buf.a.narrow(0, 0, rows);
           gaussian_tile(qaug_b.narrow(0, n0, rows), kaug_b, a);
           auto out_rows = out_b.narrow(0, n0, rows);
@@ -172,7 +172,7 @@ at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const
           } else {
             at::mm_out(out_rows, a, w_b);
           }
-        }
+        });
       });
   return out;
 }
@@ -224,9 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
         const auto qaug_b = qaug[b], x_b = x_acc[b], y_b = y[b], kaug_b = kaug[b];
         auto dq_b = dq[b];
         auto part_k_bc = part_k[b][ch];
-        const auto range = plan.block_range(ch);
-        for (int64_t blk = range.first; blk < range.second; ++blk) {
-          const int64_t n0 = blk * plan.rows, rows = std::min(plan.rows, n - n0);
+        plan.for_each_block(ch, [&](int64_t n0, int64_t rows) {
           const auto qa = qaug_b.narrow(0, n0, rows);
           auto a = buf.a.narrow(0, 0, rows);
           auto g = buf.g.narrow(0, 0, rows);
@@ -253,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
           } else {
             part_x[b][ch].addmm_(a.t(), x_rows);
           }
-        }
+        });
       });
   const auto dk_aug = part_k.sum(1);
   auto dk = dk_aug.narrow(2, 0, d) - dk_aug.narrow(2, d + 1, 1) * k;
