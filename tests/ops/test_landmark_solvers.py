@@ -130,32 +130,16 @@ def test_cholesky_float32_tolerance():
     assert _rel(out, ref) < 1e-5
 
 
-def test_gradcheck_cholesky_float64():
-    gen = torch.Generator().manual_seed(2)
-    q = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = (torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
-    v = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda q, k, v: soft_attention(q, k, v, impl="reference", solver="cholesky"),
-                                    (q, k, v))
-
-
-def test_gradcheck_newton_thin_converged_float64():
-    # The closed-form backward is the gradient of the exact inverse: exact once Newton has converged (30 steps here).
+@pytest.mark.parametrize("solver", ["cholesky", "newton_thin", "newton_eigh"])
+def test_gradcheck_float64(solver):
+    # cholesky: autograd through the ridge solve. The Newton solvers' closed-form backward is the gradient of the exact
+    # inverse: exact once Newton has converged (30 steps on these well-separated landmarks).
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     k = (torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
     v = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda q, k, v: soft_attention(q, k, v, num_iters=30, impl="reference", solver="newton_thin"), (q, k, v))
-
-
-def test_gradcheck_newton_eigh_converged_float64():
-    gen = torch.Generator().manual_seed(3)
-    q = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    k = (torch.randn(1, 2, 4, 3, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
-    v = torch.randn(1, 2, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(
-        lambda q, k, v: soft_attention(q, k, v, num_iters=30, impl="reference", solver="newton_eigh"), (q, k, v))
+        lambda q, k, v: soft_attention(q, k, v, num_iters=30, impl="reference", solver=solver), (q, k, v))
 
 
 @pytest.mark.parametrize("solver", ["newton_thin", "newton_eigh"])
