@@ -80,22 +80,22 @@ def _kernel_product_handle(inputs: list, outputs: list) -> Counter[str]:
     return Counter(soft_attention=prod(q[:-2]) * kernel_product_flops(q[-2], k[-2], q[-1], x[-1]))
 
 
+def _iterations(num_iters: int | None, outputs: list) -> int:
+    """``num_iters`` when given, else the Function's non-tensor argument recorded on the traced node."""
+    return int(outputs[0].node().scalar_args()[0]) if num_iters is None else num_iters
+
+
 def _newton_pinv_handle(num_iters: int | None) -> Handle:
     def handle(inputs: list, outputs: list) -> Counter[str]:
         shape = _shape(inputs[0])  # (..., m, m)
-        iters = num_iters
-        if iters is None:  # the Function's non-tensor argument, recorded on the node
-            iters = int(outputs[0].node().scalar_args()[0])
-        return Counter(newton_pinv=prod(shape[:-2]) * newton_pinv_flops(shape[-1], iters))
+        return Counter(newton_pinv=prod(shape[:-2]) * newton_pinv_flops(shape[-1], _iterations(num_iters, outputs)))
     return handle
 
 
 def _newton_thin_handle(num_iters: int | None) -> Handle:
     def handle(inputs: list, outputs: list) -> Counter[str]:
         mat, rhs = _shape(inputs[0]), _shape(inputs[1])  # (..., m, m), (..., m, c)
-        iters = num_iters
-        if iters is None:
-            iters = int(outputs[0].node().scalar_args()[0])
+        iters = _iterations(num_iters, outputs)
         return Counter(newton_thin=prod(mat[:-2]) * newton_thin_flops(mat[-1], rhs[-1], iters))
     return handle
 
