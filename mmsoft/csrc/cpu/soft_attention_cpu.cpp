@@ -104,6 +104,18 @@ void gaussian_tile(const at::Tensor& qaug_rows, const at::Tensor& kaug_b, at::Te
   a.clamp_max_(0).exp_();
 }
 
+// out_rows = a . rhs, where out_rows may be of a narrower dtype T than acc(T): the product then goes through the
+// acc-dtype `scratch` (rows x c, undefined when no conversion is needed) and is converted on the copy.
+void mm_into_rows(at::Tensor out_rows, const at::Tensor& a, const at::Tensor& rhs, const at::Tensor& scratch) {
+  if (!scratch.defined()) {
+    at::mm_out(out_rows, a, rhs);
+    return;
+  }
+  auto tmp = scratch.narrow(0, 0, a.size(0));
+  at::mm_out(tmp, a, rhs);
+  out_rows.copy_(tmp);
+}
+
 // `t` in the accumulation dtype: itself when it already is, else one converted copy for the whole call.
 at::Tensor as_acc(const at::Tensor& t, const at::TensorOptions& acc_opts) {
   return t.scalar_type() == acc_opts.dtype().toScalarType() ? t : t.to(acc_opts.dtype().toScalarType());
@@ -164,14 +176,7 @@ at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const
         plan.for_each_block(ch, [&](int64_t n0, int64_t rows) {
           auto a = buf.a.narrow(0, 0, rows);
           gaussian_tile(qaug_b.narrow(0, n0, rows), kaug_b, a);
-          auto out_rows = out_b.narrow(0, n0, rows);
-          if (convert) {
-            auto o = buf.out.narrow(0, 0, rows);
-            at::mm_out(o, a, w_b);
-            out_rows.copy_(o);
-          } else {
-            at::mm_out(out_rows, a, w_b);
-          }
+          mm_into_rows(out_b.narrow(0, n0, rows), a, w_b, buf.out);
         });
       });
   return out;
@@ -240,14 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
           dq_b.narrow(0, n0, rows).copy_(dq_rows);
           part_k_bc.addmm_(g.t(), qa);
           if constexpr (kTransposed) {
-            auto dx_rows = dx[b].narrow(0, n0, rows);
-            if (convert) {
-              auto tmp = buf.dx.narrow(0, 0, rows);
-              at::mm_out(tmp, a, y_b);
-              dx_rows.copy_(tmp);
-            } else {
-              at::mm_out(dx_rows, a, y_b);
-            }
+            mm_into_rows(dx[b].narrow(0, n0, rows), a, y_b, buf.dx);
           } else {
             part_x[b][ch].addmm_(a.t(), x_rows);
           }
