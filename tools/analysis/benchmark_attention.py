@@ -33,12 +33,12 @@ import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mmsoft.utils.case_subprocess import run_case_subprocess
 from mmsoft.utils.plotting import load_pyplot
 from mmsoft.utils.process_memory import reset_peak_rss, status_kib
 
@@ -181,17 +181,8 @@ def _resolved(impl: str, q, k, v) -> str:
 # ----------------------------------------------------------------------------------------------- driver side
 def run_in_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one case in a fresh interpreter; errors and timeouts become entries with an ``error`` field."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timeout after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {**spec, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    return run_case_subprocess(__file__, spec, timeout, env=env)
 
 
 def fmt_ms(result: dict[str, Any] | None) -> str:

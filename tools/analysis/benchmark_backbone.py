@@ -49,12 +49,12 @@ import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from mmsoft.utils.case_subprocess import run_case_subprocess
 from mmsoft.utils.plotting import load_pyplot
 from mmsoft.utils.process_memory import reset_peak_rss, status_kib
 
@@ -357,16 +357,7 @@ def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]
 # ----------------------------------------------------------------------------------------------- driver side
 def run_in_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one case in a fresh interpreter; errors and timeouts become entries with an ``error`` field."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"timeout after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {**spec, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
-    return json.loads(lines[-1])
+    return run_case_subprocess(__file__, spec, timeout, cwd=ROOT)
 
 
 def label(result: dict[str, Any]) -> str:
