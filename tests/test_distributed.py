@@ -9,12 +9,11 @@ there on every rank when the wrapper keeps them, and that ``sync_bn='torch'`` co
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.run_configs import PYTHON, ROOT, free_port, retinanet_test_config, subprocess_env
+from helpers.run_configs import PYTHON, ROOT, free_port, retinanet_test_config, run_logged, subprocess_env
 
 from mmsoft.datasets import generate_demo_data
 from mmsoft.utils import allow_mmengine_checkpoint_types
@@ -36,14 +35,6 @@ model = dict(backbone=dict(norm_cfg=dict(type='SyncBN', requires_grad=True)),
 sync_bn = 'torch'
 model_wrapper_cfg = dict(type='NormProbeWrapper', out_dir={out_dir!r})
 """
-
-
-def _run(cmd: list[str], log: Path, timeout: int = 300) -> None:
-    """Run a tool, keeping its output in ``log``; fail with the log's tail."""
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT,
-                              timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log.read_text()[-4000:]}"
 
 
 def _dist_train(config: Path, work_dir: Path, nproc: int = 2) -> list[str]:
@@ -68,11 +59,8 @@ def runs(tmp_path_factory):
                                  extra=TRAIN_EXTRA)
     env_port = subprocess_env()
     env_port["PORT"] = str(free_port())
-    with open(tmp / "two.log", "w") as f:
-        proc = subprocess.run(_dist_train(cfg2, tmp / "wd2"), cwd=ROOT, env=env_port, stdout=f,
-                              stderr=subprocess.STDOUT, timeout=300)
-    assert proc.returncode == 0, (tmp / "two.log").read_text()[-4000:]
-    _run([PYTHON, str(ROOT / "tools/train.py"), str(cfg1), "--work-dir", str(tmp / "wd1")], tmp / "one.log")
+    run_logged(_dist_train(cfg2, tmp / "wd2"), tmp / "two.log", env=env_port)
+    run_logged([PYTHON, str(ROOT / "tools/train.py"), str(cfg1), "--work-dir", str(tmp / "wd1")], tmp / "one.log")
     return tmp
 
 
@@ -133,10 +121,7 @@ def test_sync_bn_converted_when_distributed(tmp_path):
                                 extra=SYNC_BN_EXTRA.format(out_dir=str(tmp_path / "wrapped")))
     env = subprocess_env()
     env["PORT"] = str(free_port())
-    with open(tmp_path / "sync.log", "w") as f:
-        proc = subprocess.run(_dist_train(cfg, tmp_path / "wd"), cwd=ROOT, env=env, stdout=f,
-                              stderr=subprocess.STDOUT, timeout=300)
-    assert proc.returncode == 0, (tmp_path / "sync.log").read_text()[-4000:]
+    run_logged(_dist_train(cfg, tmp_path / "wd"), tmp_path / "sync.log", env=env)
     for rank in (0, 1):
         info = json.loads((tmp_path / f"wrapped/wrapped_rank{rank}.json").read_text())
         # backbone: SyncBN from its norm_cfg; neck: BN converted by sync_bn='torch'; no BN left
@@ -151,7 +136,8 @@ def test_sync_bn_reverted_when_not_distributed(tmp_path):
     generate_demo_data(data, seed=0, num_train=4, num_val=1)
     cfg = retinanet_test_config(tmp_path / "sync.py", data, tmp_path / "probe", batch_size=2, max_iters=0,
                                 extra=SYNC_BN_EXTRA.format(out_dir=str(tmp_path / "wrapped")))
-    _run([PYTHON, str(ROOT / "tools/train.py"), str(cfg), "--work-dir", str(tmp_path / "wd")], tmp_path / "one.log")
+    run_logged([PYTHON, str(ROOT / "tools/train.py"), str(cfg), "--work-dir", str(tmp_path / "wd")],
+               tmp_path / "one.log")
     assert not (tmp_path / "wrapped").exists()  # no wrapper without a launcher
     info = json.loads((tmp_path / "probe/setup_rank0_start0.json").read_text())
     assert info["world_size"] == 1

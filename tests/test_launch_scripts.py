@@ -7,11 +7,10 @@ mmsoft's CPU process-group set-up run as they would on a cluster node.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.run_configs import HELPERS, ROOT, free_port, retinanet_test_config, subprocess_env
+from helpers.run_configs import HELPERS, ROOT, free_port, retinanet_test_config, run_logged, subprocess_env
 
 from mmsoft.datasets import generate_demo_data
 
@@ -20,9 +19,7 @@ pytestmark = pytest.mark.slow
 
 def _script(args: list[str], env: dict, log: Path) -> None:
     """Run a tools/*.sh script; fail with its output's tail."""
-    with open(log, "w") as f:
-        proc = subprocess.run(["bash", *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=300)
-    assert proc.returncode == 0, log.read_text()[-4000:]
+    run_logged(["bash", *args], log, env=env)
 
 
 @pytest.fixture(scope="module")

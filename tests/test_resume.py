@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.run_configs import PYTHON, ROOT, retinanet_test_config, subprocess_env
+from helpers.run_configs import PYTHON, ROOT, retinanet_test_config, run_logged, subprocess_env
 from mmengine.logging import HistoryBuffer
 
 from mmsoft.datasets import generate_demo_data
@@ -44,11 +44,8 @@ def _losses(probe: Path) -> list[dict]:
 
 def _train(config: Path, work_dir: Path, log: Path, *extra_args: str, env: dict | None = None) -> None:
     """tools/train.py to completion."""
-    with open(log, "w") as f:
-        proc = subprocess.run([PYTHON, str(ROOT / "tools/train.py"), str(config), "--work-dir", str(work_dir),
-                               *extra_args], cwd=ROOT, env=env or subprocess_env(), stdout=f,
-                              stderr=subprocess.STDOUT, timeout=300)
-    assert proc.returncode == 0, log.read_text()[-4000:]
+    run_logged([PYTHON, str(ROOT / "tools/train.py"), str(config), "--work-dir", str(work_dir), *extra_args], log,
+               env=env)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def subprocess_env() -> dict[str, str]:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(HELPERS), env.get("PYTHONPATH", "")]))
     return env
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str] | None = None, timeout: int = 300) -> None:
+    """Run a tool from the repository root (env: :func:`subprocess_env` unless given), keeping its output in ``log``;
+    fail with the command and the log's tail unless it exits 0."""
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env or subprocess_env(), stdout=f, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log.read_text()[-4000:]}"
 
 
 FLIPLESS_PIPELINE = """
