@@ -24,8 +24,10 @@ from mmsoft.models.backbones.soft_converter import resize_pos_embed, soft_conver
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((Path(__file__).parent / "data" / "soft_reference_params.json").read_text())
-DROPPED = {"head.weight", "head.bias", "cls_token", "pos_embed4[:, 0] (cls-token slot)"}
-HEAD_CLS_PARAMS = 512 * 1000 + 1000 + 512 + 512  # classifier, cls token, cls slot of pos_embed4
+DROPPED = {"head.weight", "head.bias"}
+CLS_DROPPED = {"stages.3.cls_token", "stages.3.pos_embed[:, 0] (class-token slot)"}
+HEAD_PARAMS = 512 * 1000 + 1000  # the ImageNet classifier
+CLS_PARAMS = 512 + 512  # the class token and its position slot
 
 # The name correspondence, stated independently of the converter's implementation.
 _RENAMES = [(".att.mha.W_q.", ".attn.q."), (".att.mha.W_v.", ".attn.v."), (".att.mha.ff.", ".attn.proj."),
@@ -82,10 +84,14 @@ def logs(monkeypatch):
 
 
 def assert_loaded_from(model: SOFT, src: dict) -> None:
-    """Every parameter and buffer of ``model`` equals its reference tensor (pos_embed4 without the cls slot)."""
+    """Every parameter and buffer of ``model`` equals its reference tensor (with ``with_cls_token=False``: no class
+    token, pos_embed4 without its slot)."""
     state = model.state_dict()
     expected = {expected_name(k): v for k, v in src.items() if k not in ("head.weight", "head.bias", "cls_token")}
-    expected["stages.3.pos_embed"] = src["pos_embed4"][:, 1:]
+    if model.with_cls_token:
+        expected["stages.3.cls_token"] = src["cls_token"]
+    else:
+        expected["stages.3.pos_embed"] = src["pos_embed4"][:, 1:]
     assert set(state) == set(expected)
     for name, value in state.items():
         assert torch.equal(value, expected[name]), name
@@ -94,17 +100,19 @@ def assert_loaded_from(model: SOFT, src: dict) -> None:
 @pytest.mark.parametrize("model_name", list(FIXTURE["models"]))
 def test_fixture_describes_the_same_architecture(model_name):
     entry = FIXTURE["models"][model_name]
-    model = SOFT(arch=entry["mmsoft_arch"])
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    converted = soft_convert(reference_state_dict(model_name, device="meta"))
-    assert {k: tuple(v.shape) for k, v in converted.items()} == ours
-    assert set(converted.dropped) == DROPPED and not converted.unexpected
+    for with_cls_token in (True, False):
+        model = SOFT(arch=entry["mmsoft_arch"], with_cls_token=with_cls_token)
+        ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        converted = soft_convert(reference_state_dict(model_name, device="meta"), with_cls_token=with_cls_token)
+        assert {k: tuple(v.shape) for k, v in converted.items()} == ours
+        assert set(converted.dropped) == DROPPED | (set() if with_cls_token else CLS_DROPPED)
+        assert not converted.unexpected
     assert all(expected_name(k) in ours for k in entry["state_dict"] if not k.startswith(("head.", "cls_token")))
-    # the ImageNet model = our backbone + head + cls token + its position slot; published 13M / 45M
+    # the ImageNet model = our backbone (with its class token) + head; published 13M / 45M
     ref_params = sum(math.prod(s) for k, s in entry["state_dict"].items()
                      if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert ref_params == entry["num_params"]
-    assert sum(p.numel() for p in model.parameters()) + HEAD_CLS_PARAMS == entry["num_params"]
+    assert sum(p.numel() for p in model.parameters()) + HEAD_PARAMS + CLS_PARAMS == entry["num_params"]
     assert math.floor(entry["num_params"] / 1e6) == {"tiny": 13, "medium": 45}[entry["mmsoft_arch"]]
 
 
@@ -122,12 +130,12 @@ def test_convert_fills_every_parameter_and_buffer(wrap):
     else:
         ckpt = {"state_dict": {**{"backbone." + k: v for k, v in src.items()}, "neck.fc.weight": torch.ones(2)}}
     converted = soft_convert(ckpt)
-    model = SOFT(arch="tiny")
+    model = SOFT(arch="tiny", with_cls_token=True)
     result = model.load_state_dict(converted, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert_loaded_from(model, src)
     assert set(converted.dropped) == DROPPED | ({"neck.fc.weight"} if wrap == "backbone" else set())
-    assert converted.unexpected == [] and converted.reference_keys == len(src) - 3
+    assert converted.unexpected == [] and converted.reference_keys == len(src) - 2
 
 
 def test_use_ema_false_takes_the_raw_weights():
@@ -145,9 +153,12 @@ def test_init_cfg_pretrained_loads_a_reference_file(tmp_path, logs):
     assert_loaded_from(model, src)
     text = "\n".join(msg for _, msg in logs)
     assert "reference SOFT format" in text and str(path) in text
-    assert "missing keys (0): none" in text and "unexpected keys (0): none" in text
-    assert "cls_token" in text and "head.weight" in text  # the drops are logged, not silent
+    # the drops are logged, not silent: the classifier, and the class token this backbone does not have
+    assert "stages.3.cls_token (the backbone has with_cls_token=False)" in text and "head.weight" in text
     assert all(level < logging.WARNING for level, _ in logs)
+    with_cls = SOFT(arch="tiny", with_cls_token=True, init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with_cls.init_weights()
+    assert_loaded_from(with_cls, src)
     with torch.no_grad():
         outs = model.eval()(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [64, 128, 320, 512] and all(torch.isfinite(o).all() for o in outs)
@@ -189,15 +200,19 @@ def test_unknown_key_raises_a_clear_error(key, tmp_path, logs):
         soft_convert(src)
     converted = soft_convert(src, strict=False)
     assert converted.unexpected == [key] and key not in converted
-    # via init_cfg it is loaded leniently, but reported
+    # via init_cfg it is an error, unless the user allows it explicitly; then it is reported
     real = reference_state_dict()
     real[key] = torch.zeros(4, 4)
     path = tmp_path / "ckpt.pth"
     torch.save(real, path)
     model = SOFT(arch="tiny", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(ValueError, match=re.escape(f"unexpected keys (1): {key}") + ".*strict=False"):
+        model.init_weights()
+    model = SOFT(arch="tiny", init_cfg=dict(type="Pretrained", checkpoint=str(path), strict=False))
     model.init_weights()
     warnings = [msg for level, msg in logs if level >= logging.WARNING]
     assert len(warnings) == 1 and f"unexpected keys (1): {key}" in warnings[0] and "missing keys (0)" in warnings[0]
+    assert_loaded_from(model, reference_state_dict())
 
 
 def test_mmsoft_checkpoint_passes_through(tmp_path, logs):
@@ -224,16 +239,40 @@ def test_wrong_arch_and_prefix_errors(tmp_path, logs):
     torch.save(reference_state_dict(), path)
     narrow = SOFT(arch=dict(embed_dims=[64, 128, 256, 512], num_heads=[2, 4, 8, 16], depths=[1, 2, 3, 2]),
                   init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    with pytest.raises(ValueError, match="shape mismatches.*set the backbone's arch"):
+    with pytest.raises(ValueError, match="shape mismatches.*embed_dims \\[64, 128, 320, 512\\].*build it with "
+                                         "arch='tiny'"):
         narrow.init_weights()
     with pytest.raises(ValueError, match="no key of the checkpoint starts with prefix 'backbone.'"):
         SOFT(arch="tiny", init_cfg=dict(type="Pretrained", checkpoint=str(path), prefix="backbone")).init_weights()
-    # deeper than the checkpoint: the blocks it lacks are reported as missing
+    # deeper than the checkpoint: the blocks it lacks are an error that names the arch that fits
     deeper = SOFT(arch=dict(embed_dims=[64, 128, 320, 512], num_heads=[2, 4, 10, 16], depths=[1, 2, 4, 2]),
                   init_cfg=dict(type="Pretrained", checkpoint=str(path)))
-    deeper.init_weights()
-    warning = [msg for level, msg in logs if level >= logging.WARNING][-1]
-    assert "missing keys (18): stages.2.blocks.3.attn.q.weight" in warning and "check that arch" in warning
+    with pytest.raises(ValueError, match=re.escape("missing keys (18): stages.2.blocks.3.attn.q.weight") +
+                       ".*depths \\[1, 2, 3, 2\\].*build it with arch='tiny'"):
+        deeper.init_weights()
+
+
+def reference_layout_with_depths(depths: list[int]) -> dict[str, list[int]]:
+    """The soft_norm_tiny layout with ``depths[k]`` blocks in stage k (block templates: each stage's block 0)."""
+    layout = FIXTURE["models"]["soft_norm_tiny"]["state_dict"]
+    out = {k: v for k, v in layout.items() if not k.startswith("block")}
+    for stage, depth in enumerate(depths, start=1):
+        template = {k[len(f"block{stage}.0."):]: v for k, v in layout.items() if k.startswith(f"block{stage}.0.")}
+        out.update({f"block{stage}.{j}.{k}": v for j in range(depth) for k, v in template.items()})
+    return out
+
+
+def test_reference_small_preset_is_not_silently_truncated(tmp_path):
+    """The reference code's ``soft_small`` preset has 20 stage-3 blocks; mmsoft's 'small' (the published 24M model)
+    has 7. Loading one into the other names the depths and the arch that would fit."""
+    path = tmp_path / "soft_small_reference.pth"
+    torch.save({k: torch.zeros(v) for k, v in reference_layout_with_depths([1, 3, 20, 4]).items()}, path)
+    small = SOFT(arch="small", init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    with pytest.raises(ValueError, match=re.escape("unexpected keys (") + ".*stages.2.blocks.7.*" +
+                       re.escape("depths [1, 3, 20, 4]") + ".*" +
+                       re.escape("arch=dict(embed_dims=[64, 128, 320, 512], num_heads=[2, 4, 10, 16], "
+                                 "depths=[1, 3, 20, 4])")):
+        small.init_weights()
 
 
 def test_converter_script(tmp_path):
@@ -244,8 +283,8 @@ def test_converter_script(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "tools/model_converters/soft2mmsoft.py"), str(src_path),
                            str(dst_path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "converted 184 reference keys, passed through 0 mmsoft keys, dropped 4" in proc.stdout
+    assert "converted 185 reference keys, passed through 0 mmsoft keys, dropped 2" in proc.stdout
     state = torch.load(dst_path, map_location="cpu")  # weights_only: a plain state dict
-    model = SOFT(arch="tiny")
+    model = SOFT(arch="tiny", with_cls_token=True)
     model.load_state_dict(state, strict=True)
     assert_loaded_from(model, src)

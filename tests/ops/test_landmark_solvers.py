@@ -6,7 +6,7 @@ import torch
 from mmsoft.models.backbones.soft import SOFT
 from mmsoft.ops import landmark_inverse, soft_attention
 from mmsoft.ops.landmark_solvers import CHOLESKY_EPS, SOLVERS, landmark_solve, newton_filter, ridge_cholesky_solve
-from mmsoft.ops.reference import gaussian_kernel, newton_alpha
+from mmsoft.ops.reference import gaussian_kernel
 
 
 def _spread_landmarks(batch: int, m: int, d: int, dtype: torch.dtype) -> torch.Tensor:
@@ -102,7 +102,7 @@ def test_newton_filter_closed_form():
     assert torch.allclose(f[1], 2.0 ** 20 * alpha * lam[1], rtol=1e-6)  # small ones damped, not inverted
     # per-matrix alpha broadcasts over the eigenvalues; non-finite input stays non-finite (as Newton), per matrix
     lam2 = torch.stack([lam[1:], torch.full_like(lam[1:], float("nan"))])
-    f2 = newton_filter(lam2, newton_alpha(torch.ones(2, 1, 1, dtype=torch.float64))[..., 0], 20)
+    f2 = newton_filter(lam2, torch.full((2, 1), 0.25, dtype=torch.float64), 20)
     assert torch.isfinite(f2[0]).all() and torch.isnan(f2[1]).all()
 
 

@@ -80,10 +80,14 @@ def test_non_contiguous_layer_layout(device):
 
 
 def test_leading_dims_are_free(needs_cpu_ext):
+    # The first dim indexes images (one Newton start per image, shared by the image's other dims): 3-D inputs are
+    # images of one head each; more leading dims are more heads of the same image.
     q, k, v = make_inputs(1, 2, 40, 6, 16, torch.float32, "cpu", seed=5)
     three_d = soft_attention(q[0], k[0], v[0], impl="ext")
     assert three_d.shape == (2, 40, 16)
-    assert torch.equal(three_d, soft_attention(q, k, v, impl="ext")[0])
+    assert torch.equal(three_d, soft_attention(q[0, :, None], k[0, :, None], v[0, :, None], impl="ext")[:, 0])
+    five_d = soft_attention(q[:, None], k[:, None], v[:, None], impl="ext")
+    assert torch.equal(five_d[:, 0], soft_attention(q, k, v, impl="ext"))
     empty = soft_attention(q[:0], k[:0], v[:0], impl="ext")
     assert empty.shape == (0, 2, 40, 16)
 

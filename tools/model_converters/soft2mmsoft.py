@@ -2,10 +2,11 @@
 
     python tools/model_converters/soft2mmsoft.py SOFT_Tiny_norm.pth.tar soft-t-norm_in1k_mmsoft.pth
 
-The output is a plain state dict of ``mmsoft.SOFT`` (classifier head, cls token and the cls slot of the stage-4
-position embedding removed) that loads with ``strict=True`` and works as
-``init_cfg=dict(type='Pretrained', checkpoint=...)``. Such a config can also point at the original file
-directly: the backbone converts it on the fly.
+The output is a plain state dict of ``mmsoft.SOFT`` (classifier head removed; the stage-4 class token and its
+position slot kept, so that it loads with ``strict=True`` into ``SOFT(with_cls_token=True)``, which computes
+exactly the reference model's stage maps; ``--no-cls-token`` removes them for ``with_cls_token=False``). It works as
+``init_cfg=dict(type='Pretrained', checkpoint=...)`` for either setting. Such a config can also point at the
+original file directly: the backbone converts it on the fly.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-ema", action="store_true",
                         help="use 'state_dict' instead of the EMA weights ('state_dict_ema', the ones the reference "
                              "evaluates) when the checkpoint has both")
+    parser.add_argument("--no-cls-token", action="store_true",
+                        help="drop the stage-4 class token and its position slot (for SOFT(with_cls_token=False))")
     parser.add_argument("--skip-unknown", action="store_true",
                         help="leave out (and list) keys the converter does not know instead of stopping")
     return parser.parse_args()
@@ -35,7 +38,8 @@ def main() -> None:
     """Load SRC, convert it and save the state dict to DST."""
     args = parse_args()
     checkpoint = load_checkpoint_file(args.src, map_location="cpu")
-    state = soft_convert(checkpoint, strict=not args.skip_unknown, use_ema=not args.no_ema)
+    state = soft_convert(checkpoint, strict=not args.skip_unknown, use_ema=not args.no_ema,
+                         with_cls_token=not args.no_cls_token)
     torch.save(OrderedDict(state), args.dst)  # a plain OrderedDict: loadable without mmsoft, weights_only-safe
     passed = len(state) - state.reference_keys
     print(f"converted {state.reference_keys} reference keys, passed through {passed} mmsoft keys, "

@@ -17,7 +17,7 @@ from mmsoft.ops.landmark_solvers import check_solver
 from mmsoft.registry import MODELS
 
 from ..layers import ConvPatchEmbed, SOFTBlock, SoftmaxBlock
-from .soft_converter import load_soft_pretrained
+from .soft_converter import load_soft_pretrained, resize_pos_embed
 
 NUM_STAGES = 4
 # Stem stride 4, then x2 per stage.
@@ -25,24 +25,48 @@ STAGE_STRIDES = (4, 8, 16, 32)
 
 
 class SOFTStage(nn.Module):
-    """One pyramid stage: patch embedding, learned position embedding, blocks, optional out norm."""
+    """One pyramid stage: patch embedding, learned position embedding (and optional class token), blocks, optional
+    out norm. Maps ``(B, C_in, H, W)`` to ``(B, C, H / s, W / s)`` (``s`` = the patch embedding's stride).
+
+    With ``with_cls_token`` a learned class token, with its own position slot (``pos_embed[:, 0]``), is prepended to
+    the patch tokens before the blocks and removed after the out norm: stage 4 of the reference models
+    (``SoftmaxFreeVisionTransformer.forward_features``) attends over it, so its outputs depend on it.
+    """
 
     def __init__(self, patch_embed: nn.Module, embed_dims: int, pos_grid: int, blocks: Sequence[nn.Module],
-                 out_norm: bool) -> None:
+                 out_norm: bool, with_cls_token: bool = False, drop_rate: float = 0.0, with_cp: bool = False) -> None:
         super().__init__()
         self.patch_embed = patch_embed
-        self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, embed_dims))
+        self.num_extra_tokens = 1 if with_cls_token else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims)) if with_cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_extra_tokens + pos_grid * pos_grid, embed_dims))
         self.pos_grid = pos_grid
+        self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(embed_dims, eps=1e-6) if out_norm else nn.Identity()
+        self.with_cp = with_cp
 
     def resized_pos_embed(self, hw_shape: tuple[int, int]) -> Tensor:
-        """The position embedding resized bilinearly to the token grid: ``(1, H*W, C)``."""
-        if hw_shape == (self.pos_grid, self.pos_grid):
-            return self.pos_embed
-        grid = self.pos_embed.reshape(1, self.pos_grid, self.pos_grid, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=hw_shape, mode="bilinear", align_corners=False)
-        return grid.flatten(2).transpose(1, 2)
+        """The patch part of the position embedding resized bilinearly to the token grid: ``(1, H*W, C)``."""
+        return resize_pos_embed(self.pos_embed[:, self.num_extra_tokens:], self.pos_grid, hw_shape)
+
+    def _run_block(self, block: nn.Module, tokens: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        if self.with_cp and tokens.requires_grad:
+            return cp.checkpoint(block, tokens, hw_shape, use_reentrant=False)
+        return block(tokens, hw_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C, H / s, W / s)``."""
+        x = self.patch_embed(x)
+        b, c, gh, gw = x.shape
+        tokens = x.flatten(2).transpose(1, 2) + self.resized_pos_embed((gh, gw))
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], tokens], dim=1)
+        tokens = self.pos_drop(tokens)
+        for block in self.blocks:
+            tokens = self._run_block(block, tokens, (gh, gw))
+        tokens = self.norm(tokens)[:, self.num_extra_tokens:]
+        return tokens.transpose(1, 2).reshape(b, c, gh, gw)
 
 
 @MODELS.register_module()
@@ -73,6 +97,10 @@ class SOFT(BaseModule):
             through a float64 eigendecomposition: the fastest faithful choice on CPU), ``'newton_thin'`` (the same
             function with half the forward GEMMs) or ``'cholesky'`` (exact ridge inverse: not the function
             Newton-trained weights expect), see :mod:`mmsoft.ops.landmark_solvers`.
+        with_cls_token: keep the reference models' stage-4 class token (and its position slot): stage 4's softmax
+            attention then runs over it and the patch tokens, exactly as in the ImageNet models, so converted
+            checkpoints compute the reference function. False (the default, as mmdet's PVT) drops it: a
+            different stage-4 function for the same weights.
         pretrain_img_size: image size the position embeddings were learned at (224 on ImageNet).
         norm_cfg: norm of the convolutional patch embeddings (BN; SyncBN for multi-GPU).
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
@@ -96,7 +124,7 @@ class SOFT(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  newton_iters: int = 20, attn_impl: str = "auto", landmark_solver: str = "newton",
-                 pretrain_img_size: int = 224,
+                 with_cls_token: bool = False, pretrain_img_size: int = 224,
                  norm_cfg: dict | None = None, init_cfg: dict | list | None = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -111,6 +139,7 @@ class SOFT(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.in_channels = in_channels
+        self.with_cls_token = with_cls_token
         # Inputs are padded so that every stage's grid is exact and every SOFT stage's grid divides
         # by its landmark stride: 32 for the published sr_ratios (8, 4, 2 at strides 4, 8, 16).
         self.pad_divisor = math.lcm(STAGE_STRIDES[-1], *(STAGE_STRIDES[i] * self.arch_settings["sr_ratios"][i]
@@ -134,10 +163,11 @@ class SOFT(BaseModule):
                 blocks = [SoftmaxBlock(dims, heads, mlp_ratio=s["mlp_ratio"], drop_rate=drop_rate,
                                        drop_path_rate=r) for r in rates]
             patch_embed = ConvPatchEmbed(prev_channels, dims, stem=(i == 0), norm_cfg=norm_cfg)
+            last = i == NUM_STAGES - 1
             self.stages.append(SOFTStage(patch_embed, dims, pretrain_img_size // STAGE_STRIDES[i], blocks,
-                                         out_norm=(i == NUM_STAGES - 1)))
+                                         out_norm=last, with_cls_token=with_cls_token and last,
+                                         drop_rate=drop_rate, with_cp=with_cp))
             prev_channels = dims
-        self.pos_drop = nn.Dropout(drop_rate)
         self._freeze_stages()
 
     # ------------------------------------------------------------------ configuration checks
@@ -208,14 +238,15 @@ class SOFT(BaseModule):
     # ------------------------------------------------------------------ weights
     def init_weights(self) -> None:
         """Random init as the published models (trunc-normal linears and position embeddings), or load
-        ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None)``: a reference SOFT (timm-style) or an
-        mmsoft checkpoint, converted by :func:`soft_convert`, with position embeddings resized to this model."""
+        ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None, strict=True)``: a reference SOFT (timm-style)
+        or an mmsoft checkpoint, converted by :func:`soft_convert`, with position embeddings resized to this model;
+        see :func:`load_soft_pretrained` for what ``strict`` refuses."""
         pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get("type") == "Pretrained"
         if pretrained:
-            unknown = set(self.init_cfg) - {"type", "checkpoint", "prefix", "map_location"}
+            unknown = set(self.init_cfg) - {"type", "checkpoint", "prefix", "map_location", "strict"}
             if "checkpoint" not in self.init_cfg or unknown:
                 raise ValueError(f"SOFT init_cfg {self.init_cfg} must be dict(type='Pretrained', checkpoint=PATH) "
-                                 f"with optional prefix and map_location (unknown keys: {sorted(unknown)})")
+                                 f"with optional prefix, map_location and strict (unknown keys: {sorted(unknown)})")
         elif isinstance(self.init_cfg, list):
             super().init_weights()
             return
@@ -229,16 +260,14 @@ class SOFT(BaseModule):
                 nn.init.zeros_(m.bias)
         for stage in self.stages:
             trunc_normal_(stage.pos_embed, std=0.02)
+            if stage.cls_token is not None:
+                trunc_normal_(stage.cls_token, std=0.02)
         if pretrained:  # after the random init, so that keys a checkpoint lacks still get the published init
             load_soft_pretrained(self, self.init_cfg["checkpoint"], prefix=self.init_cfg.get("prefix"),
-                                 map_location=self.init_cfg.get("map_location") or "cpu")
+                                 map_location=self.init_cfg.get("map_location") or "cpu",
+                                 strict=self.init_cfg.get("strict", True))
 
     # ------------------------------------------------------------------ forward
-    def _run_block(self, block: nn.Module, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(block, x, hw_shape, use_reentrant=False)
-        return block(x, hw_shape)
-
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """Images ``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -251,12 +280,7 @@ class SOFT(BaseModule):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage.patch_embed(x)
-            b, c, gh, gw = x.shape
-            tokens = self.pos_drop(x.flatten(2).transpose(1, 2) + stage.resized_pos_embed((gh, gw)))
-            for block in stage.blocks:
-                tokens = self._run_block(block, tokens, (gh, gw))
-            x = stage.norm(tokens).transpose(1, 2).reshape(b, c, gh, gw)
+            x = stage(x)
             if i in self.out_indices:
                 stride = STAGE_STRIDES[i]
                 outs.append(x[:, :, :math.ceil(h / stride), :math.ceil(w / stride)].contiguous())

@@ -6,7 +6,7 @@ Reference name (``block{k}`` / ``patch_embed{k}`` / ``pos_embed{k}`` count stage
 
 ========================================================  ==========================================
 ``patch_embed{k}.proj.{j}.*``                              ``stages.{k-1}.patch_embed.{j}.*``
-``pos_embed{k}`` (``pos_embed4``: cls slot 0 dropped)      ``stages.{k-1}.pos_embed``
+``pos_embed{k}`` (``pos_embed4``: class-token slot 0 kept) ``stages.{k-1}.pos_embed``
 ``block{k}.{j}.att.mha.W_q`` / ``W_v`` / ``ff``            ``stages.{k-1}.blocks.{j}.attn.q`` / ``v`` / ``proj``
 ``block{k}.{j}.att.mha.attn.Qlandmark_op``                 ``...attn.landmark_conv``
 ``block{k}.{j}.att.mha.attn.Qnorm_act.0``                  ``...attn.landmark_norm``
@@ -16,10 +16,13 @@ Reference name (``block{k}`` / ``patch_embed{k}`` / ``pos_embed{k}`` count stage
 ``block4.{j}.norm1`` / ``norm2`` / ``attn.{q,kv,proj}``    ``stages.3.blocks.{j}.`` same names
 ``block4.{j}.mlp.fc1`` / ``mlp.fc2``                       ``stages.3.blocks.{j}.mlp.0`` / ``mlp.3``
 ``norm``                                                   ``stages.3.norm``
-``head.*``, ``cls_token``                                  dropped (classification only)
+``cls_token``                                              ``stages.3.cls_token``
+``head.*``                                                 dropped (classification only)
 ========================================================  ==========================================
 
-Keys that are already mmsoft-style (``stages.*``) pass through unchanged.
+Keys that are already mmsoft-style (``stages.*``) pass through unchanged. The class token and its position slot are
+kept by default (``with_cls_token=True``): a backbone built with ``with_cls_token=True`` then computes exactly the
+reference model's stage maps; :func:`load_soft_pretrained` drops both (and says so) for ``with_cls_token=False``.
 """
 from __future__ import annotations
 
@@ -69,14 +72,19 @@ _PATCH_EMBED_RE = re.compile(
     r"patch_embed([1-4])\.proj\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)")
 _POS_EMBED_RE = re.compile(r"pos_embed([1-4])")
 _NORM_RE = re.compile(r"norm\.(weight|bias)")
-_DROPPED_RE = re.compile(r"head\..+|cls_token")
+_DROPPED_RE = re.compile(r"head\..+")
+_CLS_TOKEN_RE = re.compile(r"cls_token")
+_STAGE_CLS_RE = re.compile(r"stages\.\d+\.cls_token")
+_STAGE_POS_RE = re.compile(r"stages\.\d+\.pos_embed")
+_STAGE_BLOCK_RE = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\..+")
+_STAGE_KEY_RE = re.compile(r"stages\.(\d+)\..+")
 
 
 class SOFTStateDict(OrderedDict):
     """A converted state dict that also records what the conversion dropped and did not understand.
 
-    ``dropped``: source keys deliberately left out (classifier head, cls token and its position slot,
-    keys outside ``backbone.`` in a whole-detector checkpoint). ``unexpected``: source keys the
+    ``dropped``: source keys deliberately left out (classifier head, keys outside ``backbone.`` in a whole-detector
+    checkpoint; the class token and its position slot with ``with_cls_token=False``). ``unexpected``: source keys the
     converter does not know (only with ``strict=False``). ``reference_keys``: how many keys were renamed
     from the reference format (0 for an mmsoft-format checkpoint).
     """
@@ -120,17 +128,16 @@ def _square_side(n: int) -> int | None:
     return side if side * side == n else None
 
 
-def _drop_cls_slot(name: str, pos: Tensor, dropped: list[str]) -> Tensor:
-    """``(1, 1 + g*g, C)`` -> ``(1, g*g, C)``: the reference's stage-4 embedding has a leading cls-token slot."""
+def num_extra_tokens(name: str, pos: Tensor) -> int:
+    """How many leading non-grid slots (a class token's) a ``(1, [1 +] g*g, C)`` position embedding holds: 0 or 1."""
     if pos.dim() != 3 or pos.shape[0] != 1:
         raise ValueError(f"{name}: expected a (1, N, C) position embedding, got {tuple(pos.shape)}")
     n = pos.shape[1]
     if _square_side(n) is not None:
-        return pos
+        return 0
     if _square_side(n - 1) is not None:
-        dropped.append(f"{name}[:, 0] (cls-token slot)")
-        return pos[:, 1:]
-    raise ValueError(f"{name}: {n} positions are neither a square grid nor a square grid plus a cls slot; "
+        return 1
+    raise ValueError(f"{name}: {n} positions are neither a square grid nor a square grid plus a class-token slot; "
                      "this is not a SOFT position embedding")
 
 
@@ -148,11 +155,13 @@ def _convert_reference_key(key: str) -> str | None:
         return f"stages.{int(m[1]) - 1}.pos_embed"
     if m := _NORM_RE.fullmatch(key):
         return f"stages.3.norm.{m[1]}"
+    if _CLS_TOKEN_RE.fullmatch(key):
+        return "stages.3.cls_token"
     return None
 
 
 def soft_convert(ckpt: Mapping, strict: bool = True, prefix: str | None = None,
-                 use_ema: bool = True) -> SOFTStateDict:
+                 use_ema: bool = True, with_cls_token: bool = True) -> SOFTStateDict:
     """Map a reference SOFT checkpoint (or state dict) to mmsoft ``SOFT`` names; mmsoft keys pass through.
 
     Args:
@@ -164,6 +173,8 @@ def soft_convert(ckpt: Mapping, strict: bool = True, prefix: str | None = None,
             ``module.`` and then ``backbone.`` prefixes are stripped, and when some keys carry ``backbone.``
             the others (neck, heads) are dropped.
         use_ema: prefer the EMA weights (``state_dict_ema``) when the checkpoint has them.
+        with_cls_token: keep the stage-4 class token (``stages.3.cls_token``) and its position slot, for a backbone
+            with ``with_cls_token=True`` (the reference function); False drops both (listed in ``dropped``).
     """
     state: Mapping[str, Tensor] = unwrap_state_dict(ckpt, use_ema=use_ema)
     result = SOFTStateDict()
@@ -196,14 +207,25 @@ def soft_convert(ckpt: Mapping, strict: bool = True, prefix: str | None = None,
                                  "or call soft_convert(..., strict=False) to skip and list such keys")
             result.unexpected.append(key)
             continue
-        if new_key.endswith("pos_embed"):
-            value = _drop_cls_slot(key, value, result.dropped)
         if new_key in result:
             raise ValueError(f"soft_convert: {key!r} and another key both map to {new_key!r}; the checkpoint mixes "
                              "reference and mmsoft names for the same parameter")
         result[new_key] = value
         result.reference_keys += 1
+    if not with_cls_token:
+        drop_class_tokens(result)
     return result
+
+
+def drop_class_tokens(state: SOFTStateDict) -> None:
+    """Remove, in place, the class token and its position slot of every stage (recorded in ``state.dropped``)."""
+    for key in list(state):
+        if _STAGE_CLS_RE.fullmatch(key):
+            del state[key]
+            state.dropped.append(key)
+        elif _STAGE_POS_RE.fullmatch(key) and num_extra_tokens(key, state[key]):
+            state[key] = state[key][:, 1:]
+            state.dropped.append(f"{key}[:, 0] (class-token slot)")
 
 
 def resize_pos_embed(pos: Tensor, src_grid: int | Sequence[int], dst_grid: int | Sequence[int]) -> Tensor:
@@ -219,18 +241,67 @@ def resize_pos_embed(pos: Tensor, src_grid: int | Sequence[int], dst_grid: int |
     return grid.flatten(2).transpose(1, 2).to(pos.dtype).contiguous()
 
 
-def adapt_pos_embeds(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> list[str]:
-    """Resize in place each ``*pos_embed`` of ``state`` whose token count differs from ``target``'s; returns notes."""
+def fit_pos_embeds(state: SOFTStateDict, model: nn.Module) -> list[str]:
+    """Fit, in place, each stage's position embedding (and class token) in ``state`` to ``model``'s stages.
+
+    A class token the model does not have is dropped with its position slot (recorded in ``state.dropped``); the grid
+    part is resized bilinearly to the model's ``pretrain_img_size`` grid. Returns notes on what was resized. Raises
+    ``ValueError`` when the checkpoint lacks a class token the model has (``with_cls_token=True``).
+    """
     notes = []
-    for key, pos in list(state.items()):
-        if not key.endswith("pos_embed") or key not in target or pos.shape == target[key].shape:
+    for i, stage in enumerate(model.stages):
+        key = f"stages.{i}.pos_embed"
+        if key not in state:
             continue
-        src, dst = _square_side(pos.shape[1]) if pos.dim() == 3 else None, _square_side(target[key].shape[1])
-        if src is None or dst is None or pos.shape[2] != target[key].shape[2]:
-            continue  # left for the shape check to report
-        state[key] = resize_pos_embed(pos, src, dst)
-        notes.append(f"{key} {src}x{src} -> {dst}x{dst}")
+        pos = state[key]
+        extra = num_extra_tokens(key, pos)
+        if extra > stage.num_extra_tokens:
+            pos = pos[:, extra:]
+            state.dropped.append(f"{key}[:, 0] (class-token slot; the backbone has with_cls_token=False)")
+            if state.pop(f"stages.{i}.cls_token", None) is not None:
+                state.dropped.append(f"stages.{i}.cls_token (the backbone has with_cls_token=False)")
+            extra = 0
+        elif extra < stage.num_extra_tokens:
+            raise ValueError(f"{key}: the checkpoint has no class-token slot, but this backbone has "
+                             "with_cls_token=True; set with_cls_token=False for a checkpoint trained without it")
+        grid = pos[:, extra:]
+        src, dst = _square_side(grid.shape[1]), stage.pos_grid
+        if src != dst and pos.shape[2] == stage.pos_embed.shape[2]:
+            grid = resize_pos_embed(grid, src, dst)
+            notes.append(f"{key} {src}x{src} -> {dst}x{dst}")
+        state[key] = torch.cat([pos[:, :extra], grid], dim=1) if extra else grid
     return notes
+
+
+def describe_arch(state: Mapping[str, Tensor]) -> dict:
+    """The SOFT architecture an mmsoft-named state dict was made for: ``embed_dims``, ``depths`` and ``num_heads``
+    per stage as far as the weights tell (stage-4 heads assume head dim 32, as every published model)."""
+    stages = sorted({int(m[1]) for k in state if (m := _STAGE_KEY_RE.fullmatch(k))})
+    depths = [0] * (max(stages) + 1 if stages else 0)
+    for key in state:
+        if m := _STAGE_BLOCK_RE.fullmatch(key):
+            depths[int(m[1])] = max(depths[int(m[1])], int(m[2]) + 1)
+    embed_dims, num_heads = [], []
+    for i in range(len(depths)):
+        pos = state.get(f"stages.{i}.pos_embed")
+        embed_dims.append(int(pos.shape[-1]) if pos is not None else None)
+        v_conv = state.get(f"stages.{i}.blocks.0.attn.v_conv.weight")
+        heads = int(v_conv.shape[0]) if v_conv is not None else None
+        num_heads.append(heads if heads is not None or embed_dims[-1] is None else embed_dims[-1] // 32)
+    return dict(embed_dims=embed_dims, num_heads=num_heads, depths=depths)
+
+
+def arch_hint(state: Mapping[str, Tensor], model: nn.Module) -> str:
+    """A sentence naming the ``arch`` that fits the checkpoint ``state``, for error messages."""
+    found = describe_arch(state)
+    ours = {k: list(model.arch_settings[k]) for k in ("embed_dims", "num_heads", "depths")}
+    if len(found["depths"]) < len(ours["depths"]):  # checkpoints of truncated backbones describe the stages they had
+        ours = {k: v[:len(found["depths"])] for k, v in ours.items()}
+    preset = [name for name, arch in model.arch_zoo.items()
+              if all(list(arch[k][:len(found[k])]) == found[k] for k in found)]
+    fits = f"arch='{preset[0]}'" if preset else f"arch=dict({', '.join(f'{k}={v}' for k, v in found.items())})"
+    return (f"the checkpoint holds a SOFT with {', '.join(f'{k} {v}' for k, v in found.items())}; this backbone has "
+            f"{', '.join(f'{k} {v}' for k, v in ours.items())}: build it with {fits}")
 
 
 def allow_reference_checkpoint_types() -> None:
@@ -256,32 +327,45 @@ def _short(keys: Sequence[str], limit: int = 20) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_soft_pretrained(model: nn.Module, checkpoint: str, prefix: str | None = None,
-                         map_location: str = "cpu") -> tuple[list[str], list[str]]:
-    """Load a reference or mmsoft checkpoint into ``model`` (a SOFT backbone); returns (missing, unexpected)."""
+def load_soft_pretrained(model: nn.Module, checkpoint: str, prefix: str | None = None, map_location: str = "cpu",
+                         strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load a reference or mmsoft checkpoint into ``model`` (a SOFT backbone); returns (missing, unexpected).
+
+    Nothing is dropped silently. Deliberate drops (classifier head, parts of a whole-detector checkpoint outside
+    ``backbone.``, the class token for ``with_cls_token=False``, stages the backbone does not build because of its
+    ``out_indices``) are logged. With ``strict`` (the default) any other key the model lacks, or parameter the
+    checkpoint lacks, raises ``ValueError`` naming the ``arch`` the checkpoint fits; ``strict=False`` only warns.
+    """
     ckpt = load_checkpoint_file(checkpoint, map_location=map_location)
     state = soft_convert(ckpt, strict=False, prefix=prefix)
     target = model.state_dict()
-    resized = adapt_pos_embeds(state, target)
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-                  for k, v in state.items() if k in target and v.shape != target[k].shape]
-    if mismatched:
-        raise ValueError(f"{checkpoint} does not fit this SOFT backbone ({len(mismatched)} shape mismatches: "
-                         f"{_short(mismatched, 5)}); set the backbone's arch to the model the checkpoint was "
-                         "trained as (tiny/small/medium/large/huge)")
     if not any(k in target for k in state):
         raise ValueError(f"none of the {len(state)} tensors in {checkpoint} matches a SOFT parameter (first keys: "
                          f"{list(state)[:5]}); is it a SOFT checkpoint? Use prefix= for a checkpoint of a whole "
                          "detector/segmentor")
-    incompatible = model.load_state_dict(state, strict=False)
-    missing = list(incompatible.missing_keys)
-    unexpected = list(state.unexpected) + list(incompatible.unexpected_keys)
+    for key in [k for k in state if (m := _STAGE_KEY_RE.fullmatch(k)) and int(m[1]) >= len(model.stages)]:
+        del state[key]
+        state.dropped.append(f"{key} (stage not built: out_indices)")
+    resized = fit_pos_embeds(state, model)
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+                  for k, v in state.items() if k in target and v.shape != target[k].shape]
+    if mismatched:
+        raise ValueError(f"{checkpoint} does not fit this SOFT backbone ({len(mismatched)} shape mismatches: "
+                         f"{_short(mismatched, 5)}); {arch_hint(state, model)}")
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = list(state.unexpected) + [k for k in state if k not in target]
+    if strict and (missing or unexpected):
+        raise ValueError(f"{checkpoint} does not fit this SOFT backbone: missing keys ({len(missing)}): "
+                         f"{_short(missing)}; unexpected keys ({len(unexpected)}): {_short(unexpected)}. "
+                         f"{arch_hint(state, model)}; or pass strict=False in the init_cfg to load what fits")
+    loaded = {k: v for k, v in state.items() if k in target}
+    model.load_state_dict(loaded, strict=False)
     fmt = "reference SOFT format, converted" if state.reference_keys else "mmsoft format"
-    print_log(f"SOFT: loaded {len(state) - len(incompatible.unexpected_keys)} tensors from {checkpoint} ({fmt}); "
-              f"dropped {len(state.dropped)}: {_short(state.dropped)}; "
+    print_log(f"SOFT: loaded {len(loaded)} tensors from {checkpoint} "
+              f"({fmt}); dropped {len(state.dropped)}: {_short(state.dropped)}; "
               f"resized position embeddings: {_short(resized)}", logger="current")
-    level = logging.WARNING if missing or unexpected else logging.INFO
-    hint = " (check that arch matches the checkpoint)" if missing or unexpected else ""
-    print_log(f"SOFT: missing keys ({len(missing)}): {_short(missing)}; "
-              f"unexpected keys ({len(unexpected)}): {_short(unexpected)}{hint}", logger="current", level=level)
+    if missing or unexpected:
+        print_log(f"SOFT: loaded with strict=False: missing keys ({len(missing)}): {_short(missing)}; "
+                  f"unexpected keys ({len(unexpected)}): {_short(unexpected)}; {arch_hint(state, model)}",
+                  logger="current", level=logging.WARNING)
     return missing, unexpected
