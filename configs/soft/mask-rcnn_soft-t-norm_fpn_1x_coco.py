@@ -15,6 +15,7 @@ model = dict(
         arch='tiny',
         sym_norm=True,
         out_indices=(0, 1, 2, 3),
+        with_cls_token=True,  # stage 4 attends over the ImageNet class token: the pretrained function
         drop_path_rate=0.1,
         init_cfg=None),  # set dict(type='Pretrained', checkpoint=...) for the ImageNet weights
     neck=dict(in_channels=[64, 128, 320, 512]))
