@@ -36,6 +36,17 @@ def read_version() -> str:
     return scope["__version__"]
 
 
+def read_requirements(*names: str) -> list[str]:
+    """Requirement lines of ``requirements/<name>.txt`` (comments and blank lines dropped)."""
+    lines = []
+    for name in names:
+        for line in (ROOT / "requirements" / f"{name}.txt").read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
 def write_if_changed(path: Path, text: str) -> None:
     """Write ``text`` only when it differs, so an unchanged configuration does not trigger a rebuild."""
     if not path.exists() or path.read_text() != text:
@@ -129,6 +140,10 @@ setup(
     description="SOFT (softmax-free transformer) backbones for OpenMMLab detection and segmentation",
     packages=find_packages(include=["mmsoft", "mmsoft.*"]),
     python_requires=">=3.9",
+    # mmcv is built from source with its ops by tools/install.sh (no wheel exists for recent torch); pip then finds
+    # these satisfied. mmsoft/dependencies.py checks the same ranges at import.
+    install_requires=read_requirements("runtime", "mminstall"),
+    extras_require={"tests": read_requirements("tests")},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -3,7 +3,11 @@
 Importing the package registers ``SOFT`` (``type='mmsoft.SOFT'``, or ``type='SOFT'`` with
 ``custom_imports=dict(imports=['mmsoft'])``).
 """
-from . import models, ops
-from .version import __version__
+from .dependencies import check_dependencies
+
+check_dependencies()  # before anything imports mmcv / mmengine: an incompatible stack gets the pip command to run
+
+from . import models, ops  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["__version__", "models", "ops"]

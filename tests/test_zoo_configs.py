@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
@@ -16,19 +17,10 @@ from mmsoft.utils import check_backbone_channels, prepare_scope
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.py") if "_base_" not in p.parts)
 SIZE = 64
-# Published parameter counts (millions) of the zoo, SOFT_SPEC.md.
-PUBLISHED_PARAMS = {
-    "configs/soft/retinanet_soft-t-norm_fpn_1x_coco.py": 23,
-    "configs/soft/retinanet_soft-s-norm_fpn_1x_coco.py": 34,
-    "configs/soft/retinanet_soft-m-norm_fpn_1x_coco.py": 55,
-    "configs/soft/retinanet_soft-l-norm_fpn_1x_coco.py": 74,
-    "configs/soft/mask-rcnn_soft-t-norm_fpn_1x_coco.py": 33,
-    "configs/soft/mask-rcnn_soft-s-norm_fpn_1x_coco.py": 44,
-    "configs/soft/mask-rcnn_soft-m-norm_fpn_1x_coco.py": 65,
-    "configs/soft/mask-rcnn_soft-l-norm_fpn_1x_coco.py": 84,
-    "configs/soft/upernet_soft-s-norm_8xb2-160k_ade20k-512x512.py": 54,
-    "configs/soft/upernet_soft-m-norm_8xb2-160k_ade20k-512x512.py": 76,
-}
+# The zoo's model index (OpenMMLab metafile format): published parameter counts and mmsoft's measured ones.
+METAFILE = {m["Config"]: m for m in yaml.safe_load((ROOT / "configs/soft/metafile.yml").read_text())["Models"]}
+PUBLISHED_PARAMS = {c: int(m["Metadata"]["Published Parameters"].rstrip("M")) for c, m in METAFILE.items()
+                    if m["Metadata"]["Published Parameters"]}
 
 
 def load(config: str) -> tuple[Config, str]:
@@ -74,10 +66,12 @@ def test_config_builds_and_trains_forward(config):
     model = build(cfg, scope).train()
     assert type(model.backbone) is SOFT
     check_backbone_channels(model)  # neck / head in_channels fit the arch (e.g. 288 in medium's stage 3)
+    params = sum(p.numel() for p in model.parameters())
     if config in PUBLISHED_PARAMS:
-        params = sum(p.numel() for p in model.parameters())
         # the paper gives whole millions (rounded or truncated)
         assert abs(params / 1e6 - PUBLISHED_PARAMS[config]) < 0.6, f"{params / 1e6:.2f}M"
+    if config in METAFILE:  # the model index states what this model measures
+        assert METAFILE[config]["Metadata"]["Parameters"] == f"{params / 1e6:.1f}M"
     torch.manual_seed(0)
     data = model.data_preprocessor(training_batch(scope, with_mask="mask_head" in cfg.model.get("roi_head", {})),
                                    training=True)
@@ -88,7 +82,10 @@ def test_config_builds_and_trains_forward(config):
 
 def test_zoo_names_every_published_model():
     zoo = {c for c in CONFIGS if c.startswith("configs/soft/")}
-    assert set(PUBLISHED_PARAMS) < zoo
+    assert set(METAFILE) == zoo  # the model index lists every zoo config, and only those
+    assert len(PUBLISHED_PARAMS) == 10 and set(PUBLISHED_PARAMS) < zoo
+    index = yaml.safe_load((ROOT / "model-index.yml").read_text())
+    assert index["Import"] == ["configs/soft/metafile.yml"]
     assert "configs/soft/retinanet_soft-s_fpn_1x_coco.py" in zoo  # the plain-SOFT comparison
     plain = Config.fromfile(ROOT / "configs/soft/retinanet_soft-s_fpn_1x_coco.py").model.backbone
     assert plain.sym_norm is False and plain.arch == "small"
