@@ -764,9 +764,11 @@ def markdown(report: dict[str, Any]) -> str:
     bb = report.get("backbone")
     if bb:
         h, w = bb["size"]
+        tf32 = env.get("tf32", {})
         lines += ["", f"## Backbones at {h}x{w}, batch {bb['batch']}", "",
                   "Time in ms (median) / peak memory in MiB above the weights; solver %: share of the fp32 forward "
-                  "spent in the landmark solver.", "",
+                  f"spent in the landmark solver. fp32 is torch's default: cuDNN TF32 {tf32.get('cudnn.allow_tf32')}, "
+                  f"matmul TF32 {tf32.get('cuda.matmul.allow_tf32')}.", "",
                   "| model | solver | params (M) | fp32 fwd | fp32 fwd+bwd | bf16 fwd | bf16 fwd+bwd | solver % |",
                   "|---|---|---:|---|---|---|---|---:|"]
         cases = {c["key"]: c for c in bb["cases"]}

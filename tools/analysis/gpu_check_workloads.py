@@ -355,6 +355,10 @@ def run_env(spec: dict[str, Any]) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count,
                     gpu_memory_gib=props.total_memory / 2**30)
+    # What fp32 means in the timings: torch's defaults, the same for SOFT and the timm models.
+    info["tf32"] = {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                    "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                    "float32_matmul_precision": torch.get_float32_matmul_precision()}
     info["ext"] = mmsoft.ops.info(verbose=True)
     for name in ("mmengine", "mmcv", "timm", "numpy", "setuptools"):
         try:
