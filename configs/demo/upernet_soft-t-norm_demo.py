@@ -6,20 +6,16 @@
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',
+    './_base_/datasets/demo_shapes_ade.py',
     './_base_/cpu_demo_schedule.py',
 ]
 custom_imports = dict(imports=['mmsoft'], allow_failed_imports=False)
 
-data_root = 'data/demo/ade/'
-classes = ('background', 'circle', 'square', 'triangle')
-metainfo = dict(classes=classes, palette=[(40, 40, 40), (220, 20, 60), (0, 128, 255), (60, 180, 75)])
-img_size = 128
-crop_size = (img_size, img_size)
 max_iters = 400
 norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
-    data_preprocessor=dict(size=crop_size),
+    data_preprocessor=dict(size=(128, 128)),  # the demo images: nothing to pad
     pretrained=None,
     backbone=dict(
         _delete_=True,
@@ -28,39 +24,8 @@ model = dict(
         sym_norm=True,
         drop_path_rate=0.0,
         init_cfg=None),
-    decode_head=dict(in_channels=[64, 128, 320, 512], channels=128, num_classes=len(classes), norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=320, in_index=2, channels=64, num_classes=len(classes), norm_cfg=norm_cfg))
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=False),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=False),
-    dict(type='PackSegInputs'),
-]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.png',
-               seg_map_suffix='.png', reduce_zero_label=False)
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(**dataset, data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-                 pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=2,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(**dataset, data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-                 pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator
+    decode_head=dict(in_channels=[64, 128, 320, 512], channels=128, num_classes=4, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=320, in_index=2, channels=64, num_classes=4, norm_cfg=norm_cfg))
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
