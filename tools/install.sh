@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) .venv and install the pinned OpenMMLab stack plus mmsoft in editable mode.
-# Idempotent: a second run only verifies versions. Handles the stack traps listed in DEVELOPERS.md:
+# Idempotent: a second run only verifies versions. Handles these traps of the stack:
 #  - torch is pinned through a constraints file so no dependency can pull a newer (CUDA) torch;
 #    a torch already present in the venv (e.g. a CUDA build) is kept.
 #  - mmcv 2.1.0 is built from source with its ops (setuptools<70, --no-build-isolation) once per
