@@ -9,11 +9,13 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmsoft.utils import (
-    allow_mmengine_checkpoint_types,
+    CheckpointError,
+    CheckpointFitHook,
     check_backbone_channels,
     check_dataset_exists,
     prepare_scope,
     setup_cpu_distributed,
+    use_safe_checkpoint_loading,
 )
 
 
@@ -53,7 +55,7 @@ def main() -> None:
         check_dataset_exists(cfg, ("test_dataloader",))
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
-    allow_mmengine_checkpoint_types()
+    use_safe_checkpoint_loading()
     setup_cpu_distributed(cfg)
     if args.show_dir:
         vis_hook = cfg.default_hooks.get("visualization")
@@ -72,7 +74,11 @@ def main() -> None:
         cfg.test_evaluator.append(dict(type="DumpResults", out_file_path=args.out))
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     check_backbone_channels(runner.model)
-    runner.test()
+    runner.register_hook(CheckpointFitHook(args.checkpoint), priority="VERY_HIGH")  # evaluate only what fits exactly
+    try:
+        runner.test()
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":
