@@ -76,9 +76,14 @@ def main() -> None:
     check_backbone_channels(runner.model)
     runner.register_hook(CheckpointFitHook(args.checkpoint), priority="VERY_HIGH")  # evaluate only what fits exactly
     try:
-        runner.test()
+        metrics = runner.test()
     except CheckpointError as err:
         sys.exit(f"error: {err}")
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+    if not metrics and not any(e.get("format_only") for e in evaluators):
+        sys.exit(f"error: the evaluation of {args.checkpoint} produced no metrics: the model predicted nothing to "
+                 "evaluate (mmdet's CocoMetric reports nothing when no box passes the score threshold), see the "
+                 "log above; an untrained or broken checkpoint, or a test_cfg score threshold too high for it")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ def checkpoint_fit_problems(model: nn.Module, state: Mapping[str, Tensor],
     model = getattr(model, "module", model)
     target = model.state_dict()
     in_channels = model_input_channels(model)
-    total = Counter(k.split(".", 1)[0] for k in target)
-    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
+    counted = [k for k in target if not k.endswith("num_batches_tracked")]  # torch fills these in when absent
+    total = Counter(k.split(".", 1)[0] for k in counted)
+    missing = [k for k in counted if k not in state]
     unexpected = [k for k in state if k not in target]
     shapes = [_shape_problem(k, tuple(v.shape), tuple(target[k].shape), in_channels)
               for k, v in state.items() if k in target and isinstance(v, Tensor) and v.shape != target[k].shape]
@@ -76,7 +77,7 @@ def checkpoint_fit_problems(model: nn.Module, state: Mapping[str, Tensor],
                       f"model's with {sorted(total)}): it was saved from another model")
         return errors, warnings
     if missing:
-        errors.append(f"it lacks {len(missing)} of the model's {len(target)} tensors: {_by_module(missing, total)}")
+        errors.append(f"it lacks {len(missing)} of the model's {len(counted)} tensors: {_by_module(missing, total)}")
     if shapes:
         text = f"{len(shapes)} tensors have other shapes: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5
                                                                                       else "")
