@@ -17,28 +17,31 @@ from torch import Tensor, nn
 
 def model_input_channels(model: nn.Module) -> int:
     """Channels of the images ``model`` (an mmdet / mmseg model, possibly wrapped, or a bare backbone) takes: the
-    backbone's ``in_channels`` when it has one, else the length of the data preprocessor's mean, else 3 (RGB)."""
+    backbone's ``in_channels`` when it keeps one (``mmsoft.SOFT`` does), else the input channels of its first
+    convolution (the stem or patch embedding of mmdet's / mmseg's ResNet, Swin, PVT, ...), else 3."""
     model = getattr(model, "module", model)
-    channels = getattr(getattr(model, "backbone", model), "in_channels", None)
+    backbone = getattr(model, "backbone", model)
+    channels = getattr(backbone, "in_channels", None)
     if isinstance(channels, int):
         return channels
-    mean = getattr(getattr(model, "data_preprocessor", None), "mean", None)
-    if isinstance(mean, Tensor) and mean.numel() > 0:
-        return mean.numel()
-    return 3
+    first_conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    return first_conv.in_channels if first_conv is not None else 3
 
 
 def _check_preprocessor(model: nn.Module, in_channels: int, desc: str) -> list[str]:
-    """The data preprocessor normalises per channel: its mean / std must have one value per input channel."""
+    """The data preprocessor normalises per channel: its mean / std need one value per input channel, or one value for
+    all of them (mmengine's preprocessors take 1 or 3 values)."""
     pre = getattr(model, "data_preprocessor", None)
+    fits = "1 value (or 3)" if in_channels == 3 else (
+        "1 value" if in_channels == 1 else "1 value shared by all channels (mmengine's preprocessors take 1 or 3)")
     problems = []
     for name in ("mean", "std"):
         value = getattr(pre, name, None)
         if isinstance(value, Tensor) and value.numel() not in (1, in_channels):
             problems.append(f"data_preprocessor {name} has {value.numel()} values {value.flatten().tolist()} but "
-                            f"{desc} takes {in_channels}-channel images; set data_preprocessor.{name} to "
-                            f"{in_channels} values (and LoadImageFromFile color_type='grayscale' for 1 channel), "
-                            f"or model.backbone.in_channels={value.numel()}")
+                            f"{desc} takes {in_channels}-channel images; set data_preprocessor.{name} to {fits}"
+                            + (" and LoadImageFromFile color_type='grayscale'" if in_channels == 1 else "")
+                            + f", or model.backbone.in_channels={value.numel()}")
     return problems
 
 
