@@ -179,6 +179,55 @@ def test_every_entry_point_refuses_a_payload_despite_the_variable(demo, evil, en
     assert not list(tmp_path.rglob("*.pth")) and not list(tmp_path.rglob("*_pred.png"))  # nothing was produced
 
 
+@pytest.fixture
+def fake_scheme(monkeypatch):
+    """A ``fake://`` mmengine scheme whose loader calls ``torch.load`` without ``weights_only``, as mmengine's URL
+    loaders do; registered on a copy of the scheme table, restored afterwards."""
+    from collections import OrderedDict
+
+    from mmengine.runner import CheckpointLoader
+
+    monkeypatch.setattr(CheckpointLoader, "_schemes", OrderedDict(CheckpointLoader._schemes))
+
+    def load_from_fake(filename, map_location=None):
+        return torch.load(filename[len("fake://"):], map_location=map_location)
+
+    CheckpointLoader.register_scheme("fake://", load_from_fake)
+    return CheckpointLoader
+
+
+def test_remote_schemes_are_forced_weights_only(evil, fake_scheme, monkeypatch):
+    path, marker = evil
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match="refused by weights-only loading"):
+        load_checkpoint_safely(f"fake://{path}")
+    assert not marker.exists()
+
+
+def test_tools_route_every_scheme_through_the_checks(demo, evil, fake_scheme, monkeypatch):
+    from mmsoft.utils import use_safe_checkpoint_loading
+
+    path, marker = evil
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    use_safe_checkpoint_loading()
+    with pytest.raises(CheckpointError, match="refused by weights-only loading"):
+        fake_scheme.load_checkpoint(f"fake://{path}")
+    with pytest.raises(CheckpointError, match="refused by weights-only loading"):
+        fake_scheme.load_checkpoint(str(path))
+    assert not marker.exists()
+    assert fake_scheme.load_checkpoint(f"fake://{demo['det']}")["meta"]["iter"] == 1  # good files still load
+    use_safe_checkpoint_loading()  # idempotent: no double wrapping
+    assert getattr(fake_scheme._schemes["fake://"], "_mmsoft_safe", False)
+
+
+def test_explicit_unsafe_load_inside_the_forced_block_is_refused(demo):
+    from mmsoft.utils.checkpoint_safety import forced_weights_only
+
+    with forced_weights_only(), pytest.raises(CheckpointError, match="only with weights_only=True"):
+        torch.load(demo["det"], weights_only=False)
+    assert torch.load(demo["det"], weights_only=False)["meta"]["iter"] == 1  # torch.load is restored afterwards
+
+
 # ------------------------------------------------------------------------- C: damaged / unfitting files
 def _backbone_weight(state: dict) -> str:
     return next(k for k, v in state.items() if k.startswith("backbone.") and v.dim() == 2 and v.numel() >= 4096)

@@ -44,7 +44,9 @@ def _by_module(keys: list[str], total: Counter) -> str:
     return "; ".join(parts)
 
 
-def _shape_problem(key: str, got: tuple, want: tuple, in_channels: int) -> str:
+def describe_shape_mismatch(key: str, got: tuple, want: tuple, in_channels: int) -> str:
+    """``'<key>: checkpoint <got>, model <want>'``, plus what to set when the tensor is an input convolution of a
+    model taking ``in_channels`` channels and the checkpoint was trained on images with another number."""
     text = f"{key}: checkpoint {got}, model {want}"
     if len(got) == len(want) == 4 and got[0] == want[0] and got[2:] == want[2:] and want[1] == in_channels:
         text += (f" (the checkpoint was trained on {got[1]}-channel images, the model takes {in_channels}: set "
@@ -68,7 +70,7 @@ def checkpoint_fit_problems(model: nn.Module, state: Mapping[str, Tensor],
     total = Counter(k.split(".", 1)[0] for k in counted)
     missing = [k for k in counted if k not in state]
     unexpected = [k for k in state if k not in target]
-    shapes = [_shape_problem(k, tuple(v.shape), tuple(target[k].shape), in_channels)
+    shapes = [describe_shape_mismatch(k, tuple(v.shape), tuple(target[k].shape), in_channels)
               for k, v in state.items() if k in target and isinstance(v, Tensor) and v.shape != target[k].shape]
     errors, warnings = [], []
     if not any(k in target for k in state):

@@ -30,6 +30,7 @@ file without complaint:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import zipfile
@@ -171,12 +172,12 @@ def check_checkpoint_values(checkpoint: Any, filename: str) -> None:
     NaN / inf or values of magnitude >= :data:`ABSURD_MAGNITUDE`: the signature of a corrupted file."""
     bad = []
     for name, tensor in _iter_float_tensors(checkpoint):
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            bad.append(f"{name}: {int((~finite).sum())} of {tensor.numel()} values are NaN/inf")
-            continue
-        peak = float(tensor.detach().abs().max())
-        if peak >= ABSURD_MAGNITUDE:
+        low, high = torch.aminmax(tensor.detach())  # one pass, no copy; NaN propagates
+        peak = max(-float(low), float(high))
+        if math.isnan(peak) or math.isinf(peak):
+            count = int((~torch.isfinite(tensor)).sum())
+            bad.append(f"{name}: {count} of {tensor.numel()} values are NaN/inf")
+        elif peak >= ABSURD_MAGNITUDE:
             count = int((tensor.detach().abs() >= ABSURD_MAGNITUDE).sum())
             bad.append(f"{name}: {count} of {tensor.numel()} values have magnitude >= {ABSURD_MAGNITUDE:g} "
                        f"(max {peak:.3g})")
@@ -187,16 +188,20 @@ def check_checkpoint_values(checkpoint: Any, filename: str) -> None:
                               "diverged. Use another copy or an earlier checkpoint")
 
 
+def _refused(filename: str, err: Exception) -> CheckpointError:
+    return CheckpointError(f"checkpoint {filename} was refused by weights-only loading: it holds objects other than "
+                           "tensors and the types mmengine writes, and unpickling them could run code from the file. "
+                           "mmsoft never loads with weights_only=False; if you trust the file, load it yourself and "
+                           f"re-save only its state dict. torch said: {err}")
+
+
 def _torch_load_weights_only(source: Any, filename: str, map_location: Any) -> Any:
     """``torch.load(source, weights_only=True)`` with the allowlist; refusals and read errors name the file."""
     allow_reference_checkpoint_types()
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"checkpoint {filename} was refused by weights-only loading: it holds objects other "
-                              "than tensors and the types mmengine writes, and unpickling them could run code from "
-                              "the file. mmsoft never loads with weights_only=False; if you trust the file, load it "
-                              f"yourself and re-save only its state dict. torch said: {err}") from None
+        raise _refused(filename, err) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"checkpoint {filename} cannot be read: {err}") from None
 
@@ -205,7 +210,8 @@ def _torch_load_weights_only(source: Any, filename: str, map_location: Any) -> A
 def forced_weights_only() -> Iterator[None]:
     """Inside the block, every ``torch.load`` runs with ``weights_only=True`` (an explicit ``weights_only=False``
     raises :class:`CheckpointError`): for third-party loaders (mmengine's URL schemes) that call ``torch.load``
-    without the argument, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says."""
+    without the argument, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says. ``torch.load`` is swapped for the
+    whole process while the block runs (other threads' loads are forced too) and restored after it."""
     original = torch.load
 
     def load(*args, weights_only: bool | None = None, **kwargs):
@@ -242,10 +248,7 @@ def load_checkpoint_safely(filename: str, map_location: Any = "cpu") -> Any:
         return _load_local(filename, map_location)
     from mmengine.runner import CheckpointLoader
 
-    with forced_weights_only():
-        checkpoint = CheckpointLoader.load_checkpoint(filename, map_location=map_location)
-    check_checkpoint_values(checkpoint, filename)
-    return checkpoint
+    return _remote_loader(CheckpointLoader.load_checkpoint)(filename, map_location)
 
 
 def _remote_loader(loader: Callable) -> Callable:
@@ -254,8 +257,11 @@ def _remote_loader(loader: Callable) -> Callable:
         return loader
 
     def load(filename: str, map_location: Any = None) -> Any:
-        with forced_weights_only():
-            checkpoint = loader(filename, map_location)
+        try:
+            with forced_weights_only():
+                checkpoint = loader(filename, map_location)
+        except pickle.UnpicklingError as err:
+            raise _refused(filename, err) from None
         check_checkpoint_values(checkpoint, filename)
         return checkpoint
 
