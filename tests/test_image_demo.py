@@ -12,7 +12,7 @@ import subprocess
 import mmcv
 import numpy as np
 import pytest
-from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_options, train_demo
+from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_options, grayscale_options, train_demo
 from helpers.run_configs import PYTHON, ROOT, subprocess_env
 
 from mmsoft.datasets import generate_demo_data
@@ -109,6 +109,19 @@ def test_detection_ground_truth_beside_prediction_and_one_figure(demo, tmp_path)
         assert changed.mean() < 0.2
     figure = mmcv.imread(str(tmp_path / "predictions.png"))
     assert figure.shape[1] == 2 * 1024 and figure.shape[0] > 512  # both panels side by side, titled
+
+
+def test_grayscale_model(demo, tmp_path):
+    # a 1-channel detector: trained, then shown on a demo image (read as grayscale by its own pipeline)
+    gray = train_demo("det", demo["data"], tmp_path / "wd", options=tuple(grayscale_options()))
+    image = demo["data"] / "coco/val/000000.png"
+    _demo(image, DET_CONFIG, gray, "--out-dir", tmp_path / "out", "--score-thr", "0",
+          "--cfg-options", *grayscale_options(),  # after 1 iteration scores are ~0.01: keep the 3 best boxes
+          "model.test_cfg.score_thr=0.0", "model.test_cfg.max_per_img=3")
+    drawn = mmcv.imread(str(tmp_path / "out/000000_pred.png"), channel_order="rgb")
+    assert drawn.shape == (512, 512, 3)
+    changed = np.abs(drawn.astype(int) - _enlarged(image, 4).astype(int)).max(-1) > 10
+    assert 0 < changed.mean() < 0.2  # three boxes drawn on the image
 
 
 def test_enlargement_factor():

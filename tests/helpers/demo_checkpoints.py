@@ -25,11 +25,21 @@ def demo_options(kind: str, data_root: Path) -> list[str]:
     return opts
 
 
-def train_demo(kind: str, data_root: Path, work_dir: Path, iters: int = 1, extra_args: tuple[str, ...] = ()) -> Path:
-    """Train the ``kind`` demo config for ``iters`` iterations with tools/train.py; returns ``iter_<iters>.pth``."""
+def grayscale_options() -> list[str]:
+    """``--cfg-options`` values turning the demo RetinaNet into a 1-channel (grayscale) model."""
+    return ["model.backbone.in_channels=1", "model.data_preprocessor.mean=[128.0]",
+            "model.data_preprocessor.std=[64.0]", "model.data_preprocessor.bgr_to_rgb=False",
+            *(f"{split}.dataset.pipeline.0.color_type=grayscale"
+              for split in ("train_dataloader", "val_dataloader", "test_dataloader"))]
+
+
+def train_demo(kind: str, data_root: Path, work_dir: Path, iters: int = 1, extra_args: tuple[str, ...] = (),
+               options: tuple[str, ...] = ()) -> Path:
+    """Train the ``kind`` demo config for ``iters`` iterations with tools/train.py (``options``: more
+    ``--cfg-options`` values); returns ``iter_<iters>.pth``."""
     cmd = [PYTHON, str(ROOT / "tools/train.py"), str(CONFIGS[kind]), "--work-dir", str(work_dir), *extra_args,
            "--cfg-options", f"train_cfg.max_iters={iters}", f"default_hooks.checkpoint.interval={iters}",
-           *demo_options(kind, data_root)]
+           *demo_options(kind, data_root), *options]
     work_dir.mkdir(parents=True, exist_ok=True)
     run_logged(cmd, work_dir / "train.log")
     return work_dir / f"iter_{iters}.pth"
