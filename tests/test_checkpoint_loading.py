@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_options, train_demo
+from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_checkpoints, demo_options
 from helpers.run_configs import PYTHON, ROOT, subprocess_env
 
-from mmsoft.datasets import generate_demo_data
 from mmsoft.models import SOFT
 from mmsoft.utils import CheckpointError, check_checkpoint_fits, load_checkpoint_safely
 
@@ -27,11 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """Demo data and a 1-iteration detection and segmentation checkpoint written by tools/train.py."""
-    tmp = tmp_path_factory.mktemp("ckpt")
-    data = tmp / "data"
-    generate_demo_data(data, seed=0, num_train=4, num_val=2)
-    return dict(tmp=tmp, data=data, det=train_demo("det", data, tmp / "wd_det"),
-                seg=train_demo("seg", data, tmp / "wd_seg"))
+    return demo_checkpoints(tmp_path_factory.mktemp('ckpt'))
 
 
 def _run(cmd: list[str], env_extra: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

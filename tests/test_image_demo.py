@@ -5,17 +5,22 @@ The checks read the written PNGs back: size, and pixels that are the enlarged in
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 
 import mmcv
 import numpy as np
 import pytest
-from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_options, grayscale_options, train_demo
+from helpers.demo_checkpoints import (
+    DET_CONFIG,
+    SEG_CONFIG,
+    demo_checkpoints,
+    demo_options,
+    grayscale_options,
+    train_demo,
+)
 from helpers.run_configs import PYTHON, ROOT, subprocess_env
-
-from mmsoft.datasets import generate_demo_data
+from helpers.tool_modules import load_tool
 
 pytestmark = pytest.mark.slow
 SEG_ALPHA = 0.8  # mmseg's SegLocalVisualizer default: drawn = (1 - alpha) * image + alpha * class colour
@@ -23,11 +28,8 @@ SEG_ALPHA = 0.8  # mmseg's SegLocalVisualizer default: drawn = (1 - alpha) * ima
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("image_demo")
-    data = tmp / "data"
-    generate_demo_data(data, seed=0, num_train=4, num_val=2)
-    return dict(tmp=tmp, data=data, det=train_demo("det", data, tmp / "wd_det"),
-                seg=train_demo("seg", data, tmp / "wd_seg"))
+    """Demo data and a 1-iteration detection and segmentation checkpoint written by tools/train.py."""
+    return demo_checkpoints(tmp_path_factory.mktemp('image_demo'))
 
 
 def _demo(*args: str) -> str:
@@ -125,9 +127,7 @@ def test_grayscale_model(demo, tmp_path):
 
 
 def test_enlargement_factor():
-    spec = importlib.util.spec_from_file_location("image_demo", ROOT / "tools/demo/image_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("tools/demo/image_demo.py")
     assert module.enlargement((128, 128, 3), 512) == 4
     assert module.enlargement((300, 451, 3), 512) == 2
     assert module.enlargement((600, 800, 3), 512) == 1

@@ -1,9 +1,9 @@
 """Models with other than three input channels (grayscale: 1, multispectral: any): the tools build inputs with the
 model's channels, and a data preprocessor or checkpoint made for other channels is named with the value that fits."""
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers.tool_modules import load_tool
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
@@ -20,15 +20,8 @@ def _channel_options(channels: int) -> list[str]:
             "model.data_preprocessor.std=[64.0]"]
 
 
-def _get_flops():
-    spec = importlib.util.spec_from_file_location("get_flops", ROOT / "tools/analysis/get_flops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_get_flops_feeds_the_model_its_channels(capsys):
-    tool = _get_flops()
+    tool = load_tool("tools/analysis/get_flops.py")
     flops = {}
     for channels in (1, 2, 4):
         result = tool.main([str(DET_DEMO), "--shape", "64", *_channel_options(channels)])

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from helpers.run_configs import PYTHON, ROOT, run_logged
 
+from mmsoft.datasets import generate_demo_data
+
 DET_CONFIG = ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"
 SEG_CONFIG = ROOT / "configs/demo/upernet_soft-t-norm_demo.py"
 CONFIGS = {"det": DET_CONFIG, "seg": SEG_CONFIG}
@@ -43,3 +45,12 @@ def train_demo(kind: str, data_root: Path, work_dir: Path, iters: int = 1, extra
     work_dir.mkdir(parents=True, exist_ok=True)
     run_logged(cmd, work_dir / "train.log")
     return work_dir / f"iter_{iters}.pth"
+
+
+def demo_checkpoints(tmp: Path) -> dict[str, Path]:
+    """Demo data (4 train / 2 val images) under ``tmp/data`` and 1-iteration detection and segmentation checkpoints:
+    ``dict(tmp=..., data=..., det=..., seg=...)``."""
+    data = tmp / "data"
+    generate_demo_data(data, seed=0, num_train=4, num_val=2)
+    return dict(tmp=tmp, data=data, det=train_demo("det", data, tmp / "wd_det"),
+                seg=train_demo("seg", data, tmp / "wd_seg"))
