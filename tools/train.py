@@ -84,7 +84,7 @@ def use_cpu_amp_without_accelerator(cfg: Config) -> None:
         return
     wrapper.type = "mmsoft.CPUAmpOptimWrapper"
     print_log("no GPU: mixed precision runs as bfloat16 autocast on the CPU (mmsoft.CPUAmpOptimWrapper, no loss "
-              "scaling)", logger="current")
+              "scaling); it can save activation memory, but on a CPU it is often slower than float32", logger="current")
 
 
 def main() -> None:
