@@ -1,4 +1,9 @@
-"""Evaluate a checkpoint of an mmdet or mmseg config with an mmsoft backbone (mmdet's CLI)."""
+"""Evaluate a checkpoint of an mmdet or mmseg config with an mmsoft backbone (mmdet's CLI).
+
+The checkpoint is loaded weights-only and verified (mmsoft.utils.checkpoint_safety) and must fit the model exactly
+(no missing tensors, no other shapes); a damaged or unfitting checkpoint, or an evaluation without metrics, stops
+with an error naming the file and what is wrong.
+"""
 import argparse
 import os
 import os.path as osp

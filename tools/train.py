@@ -1,6 +1,9 @@
 """Train a detector (mmdet config) or segmentor (mmseg config) with an mmsoft backbone.
 
-Same command line as mmdet's tools/train.py; the config's ``default_scope`` picks the codebase.
+Same command line as mmdet's tools/train.py; the config's ``default_scope`` picks the codebase. ``load_from`` and
+``--resume`` checkpoints are loaded weights-only and verified; a resumed one must fit the model exactly, a
+``load_from`` one must not miss tensors (other shapes, e.g. a head for other classes, are only warned about).
+``--amp`` uses mmengine's float16 AmpOptimWrapper on a GPU and bfloat16 CPU autocast without one.
 """
 import argparse
 import os
