@@ -5,8 +5,11 @@ Being children of the root (with ``locations``) is what lets an mmdet or mmseg c
 here and builds from this registry, without the config needing ``custom_imports``.
 """
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import Registry
 
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="mmsoft", locations=["mmsoft.models"])
+OPTIM_WRAPPERS = Registry("optim_wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope="mmsoft",
+                          locations=["mmsoft.utils.cpu_amp"])
 
-__all__ = ["MODELS"]
+__all__ = ["MODELS", "OPTIM_WRAPPERS"]

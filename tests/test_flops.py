@@ -1,9 +1,9 @@
 """FLOP counting of SOFT models: mmsoft's op handles make mmengine's FlopAnalyzer match the analytic counts."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.tool_modules import load_tool
 from mmengine.analysis import FlopAnalyzer
 from torch import nn
 
@@ -124,15 +124,12 @@ def test_newton_skip_leaves_mixed_iteration_counts_alone():
         assert iters is None and first.newton_iters == 5
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("get_flops", ROOT / "tools/analysis/get_flops.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+def get_flops():
+    return load_tool("tools/analysis/get_flops.py")
 
 
 def test_get_flops_tool_detection(capsys):
-    result = load_tool().main([str(ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"), "--shape", "64", "96"])
+    result = get_flops().main([str(ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"), "--shape", "64", "96"])
     assert result["input_shape"] == (64, 96)
     assert result["flops_by_operator"]["newton_pinv"] == 40 * newton_pinv_flops(6, 20)
     assert 0 < result["backbone_flops"] < result["flops"]
@@ -141,6 +138,6 @@ def test_get_flops_tool_detection(capsys):
 
 
 def test_get_flops_tool_segmentation():
-    result = load_tool().main([str(ROOT / "configs/demo/upernet_soft-t-norm_demo.py"), "--shape", "50"])
+    result = get_flops().main([str(ROOT / "configs/demo/upernet_soft-t-norm_demo.py"), "--shape", "50"])
     assert result["input_shape"] == (64, 64)  # rounded up to a multiple of 32
     assert result["flops_by_operator"]["newton_pinv"] > 0 and result["backbone_flops"] < result["flops"]

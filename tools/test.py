@@ -1,4 +1,9 @@
-"""Evaluate a checkpoint of an mmdet or mmseg config with an mmsoft backbone (mmdet's CLI)."""
+"""Evaluate a checkpoint of an mmdet or mmseg config with an mmsoft backbone (mmdet's CLI).
+
+The checkpoint is loaded weights-only and verified (mmsoft.utils.checkpoint_safety) and must fit the model exactly
+(no missing tensors, no other shapes); a damaged or unfitting checkpoint, or an evaluation without metrics, stops
+with an error naming the file and what is wrong.
+"""
 import argparse
 import os
 import os.path as osp
@@ -9,11 +14,13 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmsoft.utils import (
-    allow_mmengine_checkpoint_types,
+    CheckpointError,
+    CheckpointFitHook,
     check_backbone_channels,
     check_dataset_exists,
     prepare_scope,
     setup_cpu_distributed,
+    use_safe_checkpoint_loading,
 )
 
 
@@ -53,7 +60,7 @@ def main() -> None:
         check_dataset_exists(cfg, ("test_dataloader",))
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
-    allow_mmengine_checkpoint_types()
+    use_safe_checkpoint_loading()
     setup_cpu_distributed(cfg)
     if args.show_dir:
         vis_hook = cfg.default_hooks.get("visualization")
@@ -72,7 +79,16 @@ def main() -> None:
         cfg.test_evaluator.append(dict(type="DumpResults", out_file_path=args.out))
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     check_backbone_channels(runner.model)
-    runner.test()
+    runner.register_hook(CheckpointFitHook(args.checkpoint), priority="VERY_HIGH")  # evaluate only what fits exactly
+    try:
+        metrics = runner.test()
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
+    if not metrics and not any(e.get("format_only") for e in evaluators):
+        sys.exit(f"error: the evaluation of {args.checkpoint} produced no metrics: the model predicted nothing to "
+                 "evaluate (mmdet's CocoMetric reports nothing when no box passes the score threshold), see the "
+                 "log above; an untrained or broken checkpoint, or a test_cfg score threshold too high for it")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Train a detector (mmdet config) or segmentor (mmseg config) with an mmsoft backbone.
 
-Same command line as mmdet's tools/train.py; the config's ``default_scope`` picks the codebase.
+Same command line as mmdet's tools/train.py; the config's ``default_scope`` picks the codebase. ``load_from`` and
+``--resume`` checkpoints are loaded weights-only and verified; a resumed one must fit the model exactly, a
+``load_from`` one must not miss tensors (other shapes, e.g. a head for other classes, are only warned about).
+``--amp`` uses mmengine's float16 AmpOptimWrapper on a GPU and bfloat16 CPU autocast without one.
 """
 import argparse
 import os
@@ -8,15 +11,18 @@ import os.path as osp
 import sys
 
 from mmengine.config import Config, DictAction
+from mmengine.optim import AmpOptimWrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmsoft.utils import (
-    allow_mmengine_checkpoint_types,
+    CheckpointError,
+    CheckpointFitHook,
     check_backbone_channels,
     check_dataset_exists,
     prepare_scope,
     setup_cpu_distributed,
+    use_safe_checkpoint_loading,
 )
 
 
@@ -25,7 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train a model with an mmsoft backbone")
     parser.add_argument("config", help="train config file path")
     parser.add_argument("--work-dir", help="the dir to save logs and models")
-    parser.add_argument("--amp", action="store_true", default=False, help="enable automatic mixed precision")
+    parser.add_argument("--amp", action="store_true", default=False,
+                        help="automatic mixed precision: float16 with loss scaling on a GPU, bfloat16 on the CPU")
     parser.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by the real batch size")
     parser.add_argument("--resume", nargs="?", type=str, const="auto",
                         help="resume from this checkpoint; without a path, from the latest in work_dir")
@@ -53,6 +60,7 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
+    use_cpu_amp_without_accelerator(cfg)
     if args.auto_scale_lr:
         if "auto_scale_lr" not in cfg or "base_batch_size" not in cfg.auto_scale_lr:
             raise RuntimeError("--auto-scale-lr needs auto_scale_lr.base_batch_size in the config")
@@ -66,6 +74,22 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def use_cpu_amp_without_accelerator(cfg: Config) -> None:
+    """mmengine's AmpOptimWrapper (``--amp``, or set in the config) stops without a GPU / NPU / MLU / MUSA: use
+    bfloat16 autocast on the CPU instead (``mmsoft.CPUAmpOptimWrapper``), and say so."""
+    from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
+    from mmengine.logging import print_log
+
+    wrapper = cfg.get("optim_wrapper", None)
+    if not wrapper or wrapper.get("type") not in ("AmpOptimWrapper", AmpOptimWrapper):
+        return
+    if is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available():
+        return
+    wrapper.type = "mmsoft.CPUAmpOptimWrapper"
+    print_log("no GPU: mixed precision runs as bfloat16 autocast on the CPU (mmsoft.CPUAmpOptimWrapper, no loss "
+              "scaling); it can save activation memory, but on a CPU it is often slower than float32", logger="current")
+
+
 def main() -> None:
     """Build the runner from the config and train."""
     args = parse_args()
@@ -75,11 +99,17 @@ def main() -> None:
         check_dataset_exists(cfg, ("train_dataloader",))
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
-    allow_mmengine_checkpoint_types()
+    use_safe_checkpoint_loading()
     setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     check_backbone_channels(runner.model)
-    runner.train()
+    # resumed checkpoints must fit exactly; load_from (fine-tuning) may differ in head shapes, e.g. other classes
+    runner.register_hook(CheckpointFitHook(cfg.get("load_from"), allow_shape_mismatch=not cfg.get("resume")),
+                         priority="VERY_HIGH")
+    try:
+        runner.train()
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

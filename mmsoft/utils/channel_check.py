@@ -1,15 +1,48 @@
-"""Fail early, naming the right values, when a neck or decode head does not fit a SOFT backbone's channels.
+"""Fail early, naming the right values, when a neck or decode head does not fit a SOFT backbone's channels, or the
+data preprocessor does not fit its input channels.
 
 Swapping SOFT into an mmdet / mmseg config means changing the ``in_channels`` of the module that reads the backbone
 (mmdet: the neck, e.g. FPN; mmseg: the neck if there is one, else the decode and auxiliary heads). Forgetting it
 otherwise shows up only in the first forward as a convolution shape error that names neither the config key nor the
-value to put there. :func:`check_backbone_channels` compares the built model against the backbone's outputs.
+value to put there. :func:`check_backbone_channels` compares the built model against the backbone's outputs, and the
+data preprocessor's per-channel mean / std against the backbone's ``in_channels`` (grayscale: 1, multispectral: any).
+:func:`model_input_channels` is what the tools use instead of assuming RGB.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
+
+
+def model_input_channels(model: nn.Module) -> int:
+    """Channels of the images ``model`` (an mmdet / mmseg model, possibly wrapped, or a bare backbone) takes: the
+    backbone's ``in_channels`` when it keeps one (``mmsoft.SOFT`` does), else the input channels of its first
+    convolution (the stem or patch embedding of mmdet's / mmseg's ResNet, Swin, PVT, ...), else 3."""
+    model = getattr(model, "module", model)
+    backbone = getattr(model, "backbone", model)
+    channels = getattr(backbone, "in_channels", None)
+    if isinstance(channels, int):
+        return channels
+    first_conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    return first_conv.in_channels if first_conv is not None else 3
+
+
+def _check_preprocessor(model: nn.Module, in_channels: int, desc: str) -> list[str]:
+    """The data preprocessor normalises per channel: its mean / std need one value per input channel, or one value for
+    all of them (mmengine's preprocessors take 1 or 3 values)."""
+    pre = getattr(model, "data_preprocessor", None)
+    fits = "1 value (or 3)" if in_channels == 3 else (
+        "1 value" if in_channels == 1 else "1 value shared by all channels (mmengine's preprocessors take 1 or 3)")
+    problems = []
+    for name in ("mean", "std"):
+        value = getattr(pre, name, None)
+        if isinstance(value, Tensor) and value.numel() not in (1, in_channels):
+            problems.append(f"data_preprocessor {name} has {value.numel()} values {value.flatten().tolist()} but "
+                            f"{desc} takes {in_channels}-channel images; set data_preprocessor.{name} to {fits}"
+                            + (" and LoadImageFromFile color_type='grayscale'" if in_channels == 1 else "")
+                            + f", or model.backbone.in_channels={value.numel()}")
+    return problems
 
 
 def _soft_outputs(backbone: nn.Module) -> tuple[list[int], str] | None:
@@ -68,7 +101,8 @@ def _check_head(head: nn.Module, key: str, outs: list[int], desc: str) -> list[s
 
 def check_backbone_channels(model: nn.Module) -> None:
     """Raise ``ValueError`` naming the values to set when the neck (or, without a neck, the mmseg decode/auxiliary
-    heads) of a built mmdet / mmseg model does not fit its ``mmsoft.SOFT`` backbone's outputs.
+    heads) of a built mmdet / mmseg model does not fit its ``mmsoft.SOFT`` backbone's outputs, or the data
+    preprocessor's mean / std do not have one value per input channel of the backbone.
 
     Models with another backbone pass unchecked. Wrapped models (``model.module``) are unwrapped.
     """
@@ -77,11 +111,12 @@ def check_backbone_channels(model: nn.Module) -> None:
     if found is None:
         return
     outs, desc = found
+    in_channels = model.backbone.in_channels
+    problems = _check_preprocessor(model, in_channels, f"mmsoft.SOFT(in_channels={in_channels})")
     neck = getattr(model, "neck", None)
     if isinstance(neck, nn.Module):
-        problems = _check_neck(neck, outs, desc)
+        problems += _check_neck(neck, outs, desc)
     else:
-        problems = []
         for key in ("decode_head", "auxiliary_head"):
             heads = getattr(model, key, None)
             if isinstance(heads, nn.ModuleList):

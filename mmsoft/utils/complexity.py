@@ -17,6 +17,7 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from torch import nn
 
 from mmsoft.ops.flops import soft_flop_handles
+from mmsoft.utils.channel_check import model_input_channels
 
 
 def _soft_attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -82,18 +83,20 @@ def _tensor_mode_forward(model: nn.Module, scope: str, shape: tuple[int, int]) -
 
 def model_complexity(model: nn.Module, scope: str, shape: tuple[int, int], exact_newton: bool = False,
                      pad_divisor: int = 32) -> dict:
-    """Parameters and FLOPs of ``model`` (eval mode, batch 1, ``shape`` = (H, W) padded to ``pad_divisor``).
+    """Parameters and FLOPs of ``model`` (eval mode, batch 1, ``shape`` = (H, W) padded to ``pad_divisor``, as many
+    input channels as the model takes: :func:`mmsoft.utils.channel_check.model_input_channels`).
 
-    Returns ``flops``, ``params``, ``backbone_flops``, ``backbone_params``, ``input_shape`` (as traced), the per-op
-    ``flops_by_operator`` and the ``analyzer`` itself (for mmengine's tables).
+    Returns ``flops``, ``params``, ``backbone_flops``, ``backbone_params``, ``input_shape`` (as traced: H, W),
+    ``in_channels``, the per-op ``flops_by_operator`` and the ``analyzer`` itself (for mmengine's tables).
     """
     model.eval()
     input_shape = _padded(tuple(shape), pad_divisor)
     wrapper = _tensor_mode_forward(model, scope, input_shape)
     device = next(model.parameters()).device
-    images = torch.randn(1, 3, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    in_channels = model_input_channels(model)
+    images = torch.randn(1, in_channels, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
     analyzer = count_flops(wrapper, (images,), exact_newton=exact_newton)
     params = parameter_count(model)
     return dict(flops=analyzer.total(), params=params[""], backbone_flops=analyzer.total("model.backbone"),
-                backbone_params=params.get("backbone", 0), input_shape=input_shape,
+                backbone_params=params.get("backbone", 0), input_shape=input_shape, in_channels=in_channels,
                 flops_by_operator=dict(analyzer.by_operator()), analyzer=analyzer)

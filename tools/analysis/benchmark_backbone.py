@@ -169,7 +169,7 @@ class SolverTimer:
             setattr(mod, attr, fn)
 
 
-def _detector_inputs(size: tuple[int, int], device, backward: bool):
+def _detector_inputs(size: tuple[int, int], device, backward: bool, in_channels: int = 3):
     import torch
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
@@ -177,7 +177,7 @@ def _detector_inputs(size: tuple[int, int], device, backward: bool):
     h, w = size
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
     gen = torch.Generator().manual_seed(0)
-    img = torch.randn(1, 3, ph, pw, generator=gen).to(device)
+    img = torch.randn(1, in_channels, ph, pw, generator=gen).to(device)
     sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(ph, pw),
                                          batch_input_shape=(ph, pw), scale_factor=(1.0, 1.0)))
     if backward:
@@ -201,9 +201,12 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     if backward:
         model.train()
     rss_built = status_kib("VmRSS")
+    from mmsoft.utils.channel_check import model_input_channels
+
+    in_channels = model_input_channels(model)
 
     def once(size: tuple[int, int]) -> None:
-        img, samples = _detector_inputs(size, device, backward)
+        img, samples = _detector_inputs(size, device, backward, in_channels)
         if backward:
             model.zero_grad(set_to_none=True)
             if spec["what"] == "detector":
@@ -260,15 +263,15 @@ def _demo_backbone(device: str):
         from mmengine.registry import MODELS, init_default_scope
         from mmengine.runner import load_checkpoint
 
-        from mmsoft.utils import allow_mmengine_checkpoint_types, prepare_scope
+        from mmsoft.utils import prepare_scope, use_safe_checkpoint_loading
 
         cfg = Config.fromfile(str(DEMO_CONFIG))
         init_default_scope(prepare_scope(cfg))
         detector = MODELS.build(cfg.model)
-        allow_mmengine_checkpoint_types()  # torch.load(weights_only=True) of what mmengine writes
+        use_safe_checkpoint_loading()  # explicitly weights-only with mmengine's allowlist, verified
         load_checkpoint(detector, str(DEMO_CKPT), map_location="cpu")
         backbone, weights = detector.backbone, f"demo-trained ({DEMO_CKPT.relative_to(ROOT)})"
-        mean, std = detector.data_preprocessor.mean.view(1, 3, 1, 1), detector.data_preprocessor.std.view(1, 3, 1, 1)
+        mean, std = detector.data_preprocessor.mean.view(1, -1, 1, 1), detector.data_preprocessor.std.view(1, -1, 1, 1)
     else:
         from mmsoft.models.backbones.soft import SOFT
 

@@ -4,6 +4,8 @@ mmdet's / mmseg's get_flops conventions: batch 1, eval mode, the test-time netwo
 and heads, no post-processing; mmseg without the auxiliary head), randomly initialised weights, one multiply-add
 counted as one FLOP (mmengine's FlopAnalyzer). Default input: 800 x 1280 for mmdet (the "1280 x 800" of detection
 papers), 512 x 512 for mmseg; ``--shape H W`` (or ``--shape S``) for another size, rounded up to a multiple of 32.
+The input has as many channels as the model takes (the backbone's ``in_channels``: 1 for grayscale, any number for
+multispectral models).
 
 mmengine's generic counter sees neither the SOFT attention's fused kernels nor its Newton-Schulz pseudo-inverse nor
 ``scaled_dot_product_attention``; mmsoft registers handles for them (mmsoft/ops/flops.py). The Newton iterations are
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  key=lambda kv: -kv[1]))
     print("=" * 60)
     print(f"Config: {args.config}")
-    print(f"Input shape: (3, {h}, {w})")
+    print(f"Input shape: ({result['in_channels']}, {h}, {w})")
     print(f"Flops: {result['flops'] / 1e9:.1f}G (backbone {result['backbone_flops'] / 1e9:.1f}G)")
     print(f"Params: {result['params'] / 1e6:.1f}M (backbone {result['backbone_params'] / 1e6:.1f}M)")
     print(f"By operator: {split}")

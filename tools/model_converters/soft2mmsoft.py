@@ -11,11 +11,13 @@ original file directly: the backbone converts it on the fly.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import OrderedDict
 
 import torch
 
 from mmsoft.models.backbones.soft_converter import load_checkpoint_file, soft_convert
+from mmsoft.utils import CheckpointError
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,7 +39,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Load SRC, convert it and save the state dict to DST."""
     args = parse_args()
-    checkpoint = load_checkpoint_file(args.src, map_location="cpu")
+    try:  # weights-only with the allowlist, verified; a damaged or unsafe file stops with its name and the damage
+        checkpoint = load_checkpoint_file(args.src, map_location="cpu")
+    except CheckpointError as err:
+        sys.exit(f"error: {err}")
     state = soft_convert(checkpoint, strict=not args.skip_unknown, use_ema=not args.no_ema,
                          with_cls_token=not args.no_cls_token)
     torch.save(OrderedDict(state), args.dst)  # a plain OrderedDict: loadable without mmsoft, weights_only-safe

@@ -26,7 +26,6 @@ reference model's stage maps; :func:`load_soft_pretrained` drops both (and says 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
@@ -306,18 +305,17 @@ def arch_hint(state: Mapping[str, Tensor], model: nn.Module) -> str:
 
 def allow_reference_checkpoint_types() -> None:
     """Allowlist, for ``torch.load(weights_only=True)``, what timm's CheckpointSaver adds: the ``args`` Namespace."""
-    from mmsoft.utils import allow_mmengine_checkpoint_types
+    from mmsoft.utils.checkpoint_safety import allow_reference_checkpoint_types as allow
 
-    allow_mmengine_checkpoint_types()
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    allow()
 
 
 def load_checkpoint_file(filename: str, map_location: str = "cpu") -> Mapping:
-    """Load a reference (timm) or mmengine checkpoint with weights_only loading, via mmengine's CheckpointLoader."""
-    from mmengine.runner import CheckpointLoader
+    """Load a reference (timm) or mmengine checkpoint: explicitly weights-only with the allowlist, verified (zip
+    CRC-32, finite values); raises ``CheckpointError`` naming the file (see :mod:`mmsoft.utils.checkpoint_safety`)."""
+    from mmsoft.utils.checkpoint_safety import load_checkpoint_safely
 
-    allow_reference_checkpoint_types()
-    return CheckpointLoader.load_checkpoint(filename, map_location=map_location, logger="current")
+    return load_checkpoint_safely(filename, map_location=map_location)
 
 
 def _short(keys: Sequence[str], limit: int = 20) -> str:
