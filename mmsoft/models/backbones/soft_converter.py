@@ -345,7 +345,9 @@ def load_soft_pretrained(model: nn.Module, checkpoint: str, prefix: str | None =
         del state[key]
         state.dropped.append(f"{key} (stage not built: out_indices)")
     resized = fit_pos_embeds(state, model)
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+    from mmsoft.utils.checkpoint_fit import describe_shape_mismatch  # late: mmsoft.utils imports the models
+
+    mismatched = [describe_shape_mismatch(k, tuple(v.shape), tuple(target[k].shape), model.in_channels)
                   for k, v in state.items() if k in target and v.shape != target[k].shape]
     if mismatched:
         raise ValueError(f"{checkpoint} does not fit this SOFT backbone ({len(mismatched)} shape mismatches: "
