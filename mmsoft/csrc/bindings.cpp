@@ -88,6 +88,14 @@ void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, cons
   }
 }
 
+// The centre subtracted from q and k before the expanded distance (see soft_attention.h): the landmarks' mean,
+// (B, 1, d) in acc(T). Any centre gives the same values; this one makes the rounding error scale with the spread of
+// queries and landmarks around the landmarks instead of with an offset they share.
+at::Tensor landmark_centre(const at::Tensor& k) {
+  at::NoGradGuard no_grad;
+  return k.mean(1, /*keepdim=*/true);
+}
+
 [[noreturn]] void no_cuda(const char* op) {
   TORCH_CHECK(false, op, ": mmsoft._ext was built without CUDA support (CPU-only torch or no nvcc at build time). "
                          "Rebuild with a CUDA build of torch and nvcc on PATH: "
@@ -98,27 +106,29 @@ void check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k, cons
 at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   constexpr const char* op = "mmsoft kernel_t_matmul (A^T v)";
   check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, nullptr, nullptr, false);
+  const auto centre = landmark_centre(k);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_t_matmul_forward(q, k, v);
+    return cuda_impl::kernel_t_matmul_forward(q, k, centre, v);
 #else
     no_cuda(op);
 #endif
   }
-  return cpu::kernel_t_matmul_forward(q, k, v);
+  return cpu::kernel_t_matmul_forward(q, k, centre, v);
 }
 
 at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
   constexpr const char* op = "mmsoft kernel_matmul (A w)";
   check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, nullptr, nullptr, false);
+  const auto centre = landmark_centre(k);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_matmul_forward(q, k, w);
+    return cuda_impl::kernel_matmul_forward(q, k, centre, w);
 #else
     no_cuda(op);
 #endif
   }
-  return cpu::kernel_matmul_forward(q, k, w);
+  return cpu::kernel_matmul_forward(q, k, centre, w);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
@@ -126,14 +136,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
                                                                         const at::Tensor& grad_out) {
   constexpr const char* op = "mmsoft kernel_t_matmul_backward";
   check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, &grad_out, "grad_out", /*grad_rows_n=*/false);
+  const auto centre = landmark_centre(k);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_t_matmul_backward(q, k, v, grad_out);
+    return cuda_impl::kernel_t_matmul_backward(q, k, centre, v, grad_out);
 #else
     no_cuda(op);
 #endif
   }
-  return cpu::kernel_t_matmul_backward(q, k, v, grad_out);
+  return cpu::kernel_t_matmul_backward(q, k, centre, v, grad_out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
@@ -141,14 +152,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
                                                                       const at::Tensor& grad_out) {
   constexpr const char* op = "mmsoft kernel_matmul_backward";
   check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, &grad_out, "grad_out", /*grad_rows_n=*/true);
+  const auto centre = landmark_centre(k);
   if (q.is_cuda()) {
 #ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_matmul_backward(q, k, w, grad_out);
+    return cuda_impl::kernel_matmul_backward(q, k, centre, w, grad_out);
 #else
     no_cuda(op);
 #endif
   }
-  return cpu::kernel_matmul_backward(q, k, w, grad_out);
+  return cpu::kernel_matmul_backward(q, k, centre, w, grad_out);
 }
 
 pybind11::dict build_info() {

@@ -53,7 +53,8 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 
 int64_t max_channels() { return cuda::kMaxChannels; }
 
-at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                   const at::Tensor& v) {
   constexpr const char* op = "mmsoft kernel_t_matmul (A^T v)";
   const auto kind = kind_of(op, q);
   const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = v.size(2);
@@ -62,28 +63,29 @@ at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, con
   auto out = at::empty({batch, m, c}, k.options());
   const int64_t splits = cuda::reduction_splits(batch, n, m, d, c, num_sms());
   auto workspace = at::empty({splits * batch * m * c}, k.options());
-  check_launch(cuda::kernel_t_matmul_forward(kind, q.data_ptr(), k.data_ptr<float>(), v.data_ptr(),
-                                             out.data_ptr<float>(), workspace.data_ptr<float>(), splits, batch, n, m, d,
-                                             c, current_stream()),
+  check_launch(cuda::kernel_t_matmul_forward(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(),
+                                             v.data_ptr(), out.data_ptr<float>(), workspace.data_ptr<float>(), splits,
+                                             batch, n, m, d, c, current_stream()),
                op);
   return out;
 }
 
-at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                 const at::Tensor& w) {
   constexpr const char* op = "mmsoft kernel_matmul (A w)";
   const auto kind = kind_of(op, q);
   const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = w.size(2);
   check_channels(op, d, c);
   const c10::cuda::CUDAGuard guard(q.device());
   auto out = at::empty({batch, n, c}, q.options());
-  check_launch(cuda::kernel_matmul_forward(kind, q.data_ptr(), k.data_ptr<float>(), w.data_ptr<float>(),
-                                           out.data_ptr(), batch, n, m, d, c,
-                                           current_stream()),
+  check_launch(cuda::kernel_matmul_forward(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(),
+                                           w.data_ptr<float>(), out.data_ptr(), batch, n, m, d, c, current_stream()),
                op);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                        const at::Tensor& centre,
                                                                         const at::Tensor& v,
                                                                         const at::Tensor& grad_out) {
   // out = A^T v: x = v (N-sized), y = grad_out (landmark-sized); dv = A grad_out comes from the rows pass.
@@ -96,13 +98,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
   auto dq = at::empty_like(q);
   auto dv = at::empty_like(v);
   auto dk = at::empty_like(k);
-  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), v.data_ptr(),
+  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(), v.data_ptr(),
                                       grad_out.data_ptr<float>(), dq.data_ptr(), dv.data_ptr(), batch, n, m, d, c,
                                       stream),
                op);
   const int64_t splits = cuda::reduction_splits(batch, n, m, d, c, num_sms());
   auto workspace = at::empty({splits * batch * m * (d + 1)}, k.options());
-  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), v.data_ptr(),
+  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(), v.data_ptr(),
                                       grad_out.data_ptr<float>(), dk.data_ptr<float>(), nullptr,
                                       workspace.data_ptr<float>(), splits, batch, n, m, d, c, stream),
                op);
@@ -110,6 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& centre,
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out) {
   // out = A w: x = grad_out (N-sized), y = w (landmark-sized); dw = A^T grad_out comes from the cols pass.
@@ -122,14 +125,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
   auto dq = at::empty_like(q);
   auto dk = at::empty_like(k);
   auto dw = at::empty_like(w);
-  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), grad_out.data_ptr(),
-                                      w.data_ptr<float>(), dq.data_ptr(), nullptr, batch, n, m, d, c, stream),
+  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(),
+                                      grad_out.data_ptr(), w.data_ptr<float>(), dq.data_ptr(), nullptr, batch, n, m, d,
+                                      c, stream),
                op);
   const int64_t splits = cuda::reduction_splits(batch, n, m, d, c, num_sms());
   auto workspace = at::empty({splits * batch * m * (d + 1 + c)}, k.options());
-  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), grad_out.data_ptr(),
-                                      w.data_ptr<float>(), dk.data_ptr<float>(), dw.data_ptr<float>(),
-                                      workspace.data_ptr<float>(), splits, batch, n, m, d, c, stream),
+  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(),
+                                      grad_out.data_ptr(), w.data_ptr<float>(), dk.data_ptr<float>(),
+                                      dw.data_ptr<float>(), workspace.data_ptr<float>(), splits, batch, n, m, d, c,
+                                      stream),
                op);
   return {dq, dk, dw};
 }

@@ -4,6 +4,10 @@
 //   q (B, N, d) and x (B, N, c) of an "input" dtype T (float16 / bfloat16 / float32 / float64),
 //   k (B, m, d) and y (B, m, c) of the accumulation dtype acc(T) (float32, or float64 for T = float64).
 // A = exp(-|q_i - k_j|^2 / 2) is never materialised: it is recomputed tile by tile.
+// centre (B, 1, d) in acc(T) is subtracted from q and k before the distance is expanded as |q|^2 + |k|^2 - 2 q.k:
+// distances do not change (any centre gives the same A and the same gradients), but the expansion's cancellation
+// error then scales with the rows' spread around the centre instead of with an offset they share. bindings.cpp passes
+// the landmarks' mean.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,27 +23,35 @@ inline at::ScalarType acc_type_of(at::ScalarType t) {
 
 namespace cpu {
 // out = A^T v: (B, m, c) in acc(T).
-at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                   const at::Tensor& v);
 // out = A w: (B, N, c) in T.
-at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w);
+at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                 const at::Tensor& w);
 // Gradients of out = A^T v given grad_out (B, m, c) in acc(T): (dq [T], dk [acc], dv [T]).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                        const at::Tensor& centre,
                                                                         const at::Tensor& v,
                                                                         const at::Tensor& grad_out);
 // Gradients of out = A w given grad_out (B, N, c) in T: (dq [T], dk [acc], dw [acc]).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& centre,
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out);
 }  // namespace cpu
 
 #ifdef MMSOFT_WITH_CUDA
-namespace cuda_impl {
-at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
-at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w);
+namespace cuda_impl {  // the same four ops as cpu::, on CUDA tensors
+at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                   const at::Tensor& v);
+at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                 const at::Tensor& w);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                        const at::Tensor& centre,
                                                                         const at::Tensor& v,
                                                                         const at::Tensor& grad_out);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& centre,
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out);
 // Largest head / value dim the CUDA kernels accept.

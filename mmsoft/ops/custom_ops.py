@@ -3,7 +3,8 @@
 ``mmsoft::kernel_t_matmul(q, k, v) = A^T v`` and ``mmsoft::kernel_matmul(q, k, w) = A w`` with
 ``A = exp(-|q_i - k_j|^2 / 2)``, plus their backward ops. Each has a fake (meta) implementation, so
 ``torch.compile`` traces them as single nodes without graph breaks, and autograd registered with
-``register_autograd`` (A is recomputed in backward, never saved).
+``register_autograd`` (A is recomputed in backward, never saved). Double backward is not implemented: the backward
+ops raise saying so when differentiated.
 
 Operand convention (checked in C++): 3-D, ``q (B, N, d)`` and N-sized ``v`` / ``grad`` of an input dtype T
 (float16 / bfloat16 / float32 / float64), landmark-sized ``k (B, m, d)`` and ``w (B, m, c)`` in the accumulation
@@ -84,5 +85,20 @@ def _matmul_backward(ctx, grad: Tensor):
     return kernel_matmul_backward(q, k, w, grad)
 
 
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "mmsoft soft_attention(impl='ext'): second derivatives (double backward, e.g. torch.autograd.grad(..., "
+        "create_graph=True) for a gradient penalty) are not implemented in the fused kernels; run "
+        "soft_attention(..., impl='reference') for them")
+
+
 kernel_t_matmul.register_autograd(_t_matmul_backward, setup_context=_setup_context)
 kernel_matmul.register_autograd(_matmul_backward, setup_context=_setup_context)
+# Backpropagating through the backward ops (create_graph=True) would otherwise stop at torch.library's generic
+# "no autograd formula was registered" error, which reads like a packaging fault.
+kernel_t_matmul_backward.register_autograd(_no_double_backward, setup_context=_no_context)
+kernel_matmul_backward.register_autograd(_no_double_backward, setup_context=_no_context)

@@ -43,6 +43,7 @@ always in float64), without ``.item()`` host synchronisation, so it traces under
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
 import torch
@@ -67,6 +68,14 @@ def check_solver(solver: str) -> None:
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of the landmark-side math for landmarks of ``dtype``: float64 stays float64, everything else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def autocast_disabled(device_type: str) -> AbstractContextManager:
+    """``torch.autocast(device_type, enabled=False)``, or no context for a device type without autocast (``'meta'``:
+    shape propagation runs the same code)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------- 'newton'
@@ -98,14 +107,14 @@ def newton_pinv(mat: Tensor, num_iters: int = 20) -> Tensor:
         raise ValueError(f"newton_pinv expects square matrices (..., m, m), got shape {tuple(mat.shape)}")
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
-    with torch.autocast(device_type=mat.device.type, enabled=False):
+    with autocast_disabled(mat.device.type):
         return _NewtonPinv.apply(mat.to(work_dtype(mat.dtype)), num_iters)
 
 
 def landmark_inverse(k: Tensor, sym_norm: bool = True, num_iters: int = 20) -> Tensor:
     """``P`` of the attention for landmarks ``k (..., m, d)``: pinv of their kernel, optionally
     symmetrically normalised. Float32 (float64 for float64 input), shape ``(..., m, m)``."""
-    with torch.autocast(device_type=k.device.type, enabled=False):
+    with autocast_disabled(k.device.type):
         k = k.to(work_dtype(k.dtype))
         kernel = reference.gaussian_kernel(k, k)
         inv = newton_pinv(kernel, num_iters)
@@ -139,10 +148,18 @@ def newton_eigh_factors(mat: Tensor, num_iters: int) -> tuple[Tensor, Tensor]:
 
     Float64 is what makes it accurate: a float32 eigendecomposition of a real landmark kernel (eigenvalues down to
     1e-8 of the largest) is ~6e-4 off the exact function, float32 Newton ~7e-6, this ~4e-13 (measured).
+
+    Non-finite input stays where ``'newton'`` puts it: ``torch.linalg.eigh`` raises for the whole batch when one
+    matrix holds a NaN / inf, so such matrices are decomposed as the identity instead and their ``f`` set to NaN;
+    ``alpha`` (shared by the matrices of one index of the first dim, :func:`mmsoft.ops.reference.newton_alpha`) is
+    NaN for their batch mates along that dim, as in Newton-Schulz. Chosen per matrix on the device, no host sync.
     """
     mat64 = mat.to(torch.float64)
-    eigvals, eigvecs = torch.linalg.eigh(mat64)
-    return eigvecs, newton_filter(eigvals, reference.newton_alpha(mat64)[..., 0], num_iters)
+    finite = torch.isfinite(mat64).all(-1).all(-1)[..., None]                                   # (..., 1)
+    eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)
+    eigvals, eigvecs = torch.linalg.eigh(torch.where(finite[..., None], mat64, eye))
+    filt = newton_filter(eigvals, reference.newton_alpha(mat64)[..., 0], num_iters)
+    return eigvecs, torch.where(finite, filt, math.nan)
 
 
 def _apply_factors(eigvecs: Tensor, filt: Tensor, x: Tensor) -> Tensor:
@@ -154,7 +171,9 @@ class _NewtonEighApply(torch.autograd.Function):
     """``newton_pinv(mat) @ x`` through the eigendecomposition of ``mat``, with the closed-form backward of 'newton'.
 
     The forward runs in float64; the factors are kept for backward in ``x``'s dtype (float32: the ``m x m`` memory of
-    ``'newton'``'s saved inverse), which only the gradient sees.
+    ``'newton'``'s saved inverse), which only the gradient sees. Double backward (``create_graph=True``) applies
+    ``P`` through this Function again instead of through the saved factors, which autograd would take for constants
+    (silently dropping the second derivative through ``P``): second derivatives are then those of ``'newton'``.
     """
 
     @staticmethod
@@ -162,13 +181,18 @@ class _NewtonEighApply(torch.autograd.Function):
         eigvecs, filt = newton_eigh_factors(mat, num_iters)
         out = _apply_factors(eigvecs, filt, x).to(x.dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            ctx.save_for_backward(eigvecs.to(x.dtype), filt.to(x.dtype), out)
+            # mat is the landmark kernel, which autograd keeps anyway (the output of its exp).
+            ctx.save_for_backward(mat, eigvecs.to(x.dtype), filt.to(x.dtype), out)
+        ctx.num_iters = num_iters
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        eigvecs, filt, out = ctx.saved_tensors
-        p_grad = _apply_factors(eigvecs, filt, grad).to(grad.dtype)  # P is symmetric: P^T g = P g
+        mat, eigvecs, filt, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: P g must stay differentiable in mat
+            p_grad = _NewtonEighApply.apply(mat, grad, ctx.num_iters)
+        else:
+            p_grad = _apply_factors(eigvecs, filt, grad).to(grad.dtype)  # P is symmetric: P^T g = P g
         return -(p_grad @ out.transpose(-1, -2)), p_grad, None
 
 
@@ -192,7 +216,11 @@ def newton_thin_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
 
 
 class _NewtonThinApply(torch.autograd.Function):
-    """``newton_pinv(mat) @ x`` by :func:`newton_thin_apply`, with the closed-form backward of ``'newton'``."""
+    """``newton_pinv(mat) @ x`` by :func:`newton_thin_apply`, with the closed-form backward of ``'newton'``.
+
+    Backward applies ``P`` through this Function again, so that double backward differentiates it with the same
+    closed form (second derivatives of ``'newton'``) rather than through the unrolled residual iterations.
+    """
 
     @staticmethod
     def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
@@ -204,7 +232,7 @@ class _NewtonThinApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         mat, out = ctx.saved_tensors
-        p_grad = newton_thin_apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
+        p_grad = _NewtonThinApply.apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
         return -(p_grad @ out.transpose(-1, -2)), p_grad, None
 
 
@@ -237,13 +265,13 @@ def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, sol
         return lambda x: inv.to(x.dtype) @ x
 
     dtype = work_dtype(k.dtype)
-    with torch.autocast(device_type=k.device.type, enabled=False):
+    with autocast_disabled(k.device.type):
         kf = k.to(dtype)
         kernel = reference.gaussian_kernel(kf, kf)
         d_inv_sqrt = kernel.sum(-1).rsqrt().unsqueeze(-1) if sym_norm else None
 
     def apply(x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_disabled(x.device.type):
             x = x.to(dtype)
             if d_inv_sqrt is not None:
                 x = d_inv_sqrt * x

@@ -56,6 +56,8 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
 def _ext_unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     """Why the extension cannot run these inputs (None when it can)."""
     device_type = q.device.type
+    if device_type == "meta":  # shapes and dtypes only: the custom ops' fake kernels propagate them, built or not
+        return None
     if device_type not in ext_loader.EXT_BACKENDS:
         built = sorted(ext_loader.EXT_BACKENDS)
         return (f"mmsoft._ext was not built for '{device_type}' tensors (built: {built})" if built
@@ -142,7 +144,19 @@ def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_i
     _check_inputs(q, k, v)
     backend = resolve_impl(impl, q, k, v)
     apply_p = landmark_solvers.landmark_operator(k, sym_norm=sym_norm, num_iters=num_iters, solver=solver)
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with landmark_solvers.autocast_disabled(q.device.type):
         products = _products_ext if backend == "ext" else _products_reference
         out = products(q, k, v, apply_p)
     return out.to(v.dtype)
+
+
+def _refuse_torchscript() -> None:
+    raise RuntimeError(
+        "mmsoft.ops.soft_attention cannot be compiled with torch.jit.script: TorchScript is deprecated in this torch "
+        "and does not support the op's Python-level dispatch (backends, landmark solvers, autograd Functions). Use "
+        "torch.compile instead, which traces it without graph breaks (also with fullgraph=True), or call it eagerly.")
+
+
+# torch.jit.script(fn) calls fn.__prepare_scriptable__() first: refuse with the alternative instead of failing deep
+# inside the TorchScript frontend on the first Python construct it does not know.
+soft_attention.__prepare_scriptable__ = _refuse_torchscript  # type: ignore[attr-defined]

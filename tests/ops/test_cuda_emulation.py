@@ -44,6 +44,6 @@ def test_cuda_kernels_match_reference_in_emulation():
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "ALL PASSED" in result.stdout
     checked = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
-    # 7 float32 / float16 / bfloat16 problems x 8 checks + 2 launcher checks.
-    assert len(checked) == 7 * 8 + 2, result.stdout
+    # 9 float32 / float16 / bfloat16 problems (2 with q and k at offset 100) x 8 checks + 2 launcher checks.
+    assert len(checked) == 9 * 8 + 2, result.stdout
     assert "FAIL" not in result.stdout

@@ -112,9 +112,9 @@ def test_auto_falls_back_with_one_log_line(monkeypatch):
 
 
 def test_ext_unavailable_raises_with_build_instructions(monkeypatch):
-    monkeypatch.setattr(ext_loader, "EXT_BACKENDS", frozenset({"cpu"}))
-    q, k, v = make_inputs(1, 1, 8, 2, 16, torch.float32, "meta")
-    with pytest.raises(RuntimeError, match=r"not built for 'meta'.*setup\.py build_ext --inplace"):
+    monkeypatch.setattr(ext_loader, "EXT_BACKENDS", frozenset({"cuda"}))  # as if built for CUDA only
+    q, k, v = make_inputs(1, 1, 8, 2, 16, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match=r"not built for 'cpu'.*setup\.py build_ext --inplace"):
         soft_attention(q, k, v, impl="ext")
 
 

@@ -1,7 +1,7 @@
 // CPU kernels of the fused SOFT attention core.
 //
 // Strategy: N is cut into row blocks; for each block the (rows x m) tile of A is built in an acc-dtype
-// scratch buffer with one GEMM of augmented operands,
+// scratch buffer with one GEMM of augmented operands (q and k centred: q - centre, k - centre, see soft_attention.h),
 //     [q, -|q|^2/2, 1] . [k, 1, -|k|^2/2]^T = -|q - k|^2 / 2,
 // followed by clamp + exp (ATen's vectorised kernels), and immediately consumed by the next GEMM(s). A is never
 // stored whole: extra memory is O(B N (d + 2)) for the augmented queries (built once per call, in acc(T), like q
@@ -76,22 +76,25 @@ void for_each_task(const Plan& plan, const MakeScratch& make_scratch, const Body
   });
 }
 
-// [k, 1, -|k|^2 / 2]: (B, m, d + 2), contiguous, in k's (accumulation) dtype.
-at::Tensor augment_landmarks(const at::Tensor& k) {
+// [k - centre, 1, -|k - centre|^2 / 2]: (B, m, d + 2), contiguous, in k's (accumulation) dtype.
+at::Tensor augment_landmarks(const at::Tensor& k, const at::Tensor& centre) {
   const int64_t d = k.size(2);
   auto kaug = at::empty({k.size(0), k.size(1), d + 2}, k.options());
-  kaug.narrow(2, 0, d).copy_(k);
+  auto kd = kaug.narrow(2, 0, d);
+  at::sub_out(kd, k, centre);
   kaug.narrow(2, d, 1).fill_(1);
-  kaug.narrow(2, d + 1, 1).copy_(k.square().sum(2, /*keepdim=*/true).mul_(-0.5));
+  kaug.narrow(2, d + 1, 1).copy_(kd.square().sum(2, /*keepdim=*/true).mul_(-0.5));
   return kaug;
 }
 
-// [q, -|q|^2 / 2, 1]: (B, N, d + 2), contiguous, in the accumulation dtype (built once per call, not per tile).
-at::Tensor augment_queries(const at::Tensor& q, const at::TensorOptions& acc_opts) {
+// [q - centre, -|q - centre|^2 / 2, 1]: (B, N, d + 2), contiguous, in the accumulation dtype (built once per call,
+// not per tile; q is widened before the subtraction, so a narrow T loses nothing to the centring).
+at::Tensor augment_queries(const at::Tensor& q, const at::Tensor& centre, const at::TensorOptions& acc_opts) {
   const int64_t d = q.size(2);
   auto qaug = at::empty({q.size(0), q.size(1), d + 2}, acc_opts);
   auto qd = qaug.narrow(2, 0, d);
   qd.copy_(q);
+  qd.sub_(centre);
   qaug.narrow(2, d, 1).copy_(qd.square().sum(2, /*keepdim=*/true).mul_(-0.5));
   qaug.narrow(2, d + 1, 1).fill_(1);
   return qaug;
@@ -123,14 +126,15 @@ at::Tensor as_acc(const at::Tensor& t, const at::TensorOptions& acc_opts) {
 
 }  // namespace
 
-at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                   const at::Tensor& v) {
   at::NoGradGuard no_grad;
   const int64_t batch = q.size(0), n = q.size(1), m = k.size(1), c = v.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
   if (batch == 0 || n == 0) return at::zeros({batch, m, c}, acc_opts);
   const Plan plan(batch, n, m);
-  const auto kaug = augment_landmarks(k);
-  const auto qaug = augment_queries(q, acc_opts);
+  const auto kaug = augment_landmarks(k, centre);
+  const auto qaug = augment_queries(q, centre, acc_opts);
   const auto v_acc = as_acc(v, acc_opts);
   auto part = at::zeros({batch, plan.chunks, m, c}, acc_opts);
 
@@ -149,15 +153,16 @@ at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, con
   return part.sum(1);
 }
 
-at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
+at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                 const at::Tensor& w) {
   at::NoGradGuard no_grad;
   const int64_t batch = q.size(0), n = q.size(1), m = k.size(1), c = w.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
   auto out = at::empty({batch, n, c}, q.options());
   if (out.numel() == 0) return out;
   const Plan plan(batch, n, m);
-  const auto kaug = augment_landmarks(k);
-  const auto qaug = augment_queries(q, acc_opts);
+  const auto kaug = augment_landmarks(k, centre);
+  const auto qaug = augment_queries(q, centre, acc_opts);
   const bool convert = q.scalar_type() != acc_opts.dtype().toScalarType();
 
   struct Scratch {
@@ -190,7 +195,8 @@ namespace {
 // or A^T x (landmark-sized, !kTransposed: out = A w, x = grad_out, y = w).
 template <bool kTransposed>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q, const at::Tensor& k,
-                                                             const at::Tensor& x, const at::Tensor& y) {
+                                                             const at::Tensor& centre, const at::Tensor& x,
+                                                             const at::Tensor& y) {
   at::NoGradGuard no_grad;
   const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = x.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
@@ -201,8 +207,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
     return {dq, at::zeros_like(k), third};
   }
   const Plan plan(batch, n, m);
-  const auto kaug = augment_landmarks(k);
-  const auto qaug = augment_queries(q, acc_opts);
+  const auto kaug = augment_landmarks(k, centre);
+  const auto qaug = augment_queries(q, centre, acc_opts);
   const auto x_acc = as_acc(x, acc_opts);
   // Per-task partial sums: [G^T q, -(G^T |q|^2) / 2, colsum(G)] and (if !kTransposed) A^T x.
   auto part_k = at::zeros({batch, plan.chunks, m, d + 2}, acc_opts);
@@ -252,22 +258,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
         });
       });
   const auto dk_aug = part_k.sum(1);
-  auto dk = dk_aug.narrow(2, 0, d) - dk_aug.narrow(2, d + 1, 1) * k;
+  // In centred coordinates (as dq above): G^T (q - centre) - colsum(G) o (k - centre) = G^T q - colsum(G) o k.
+  auto dk = dk_aug.narrow(2, 0, d) - dk_aug.narrow(2, d + 1, 1) * kaug.narrow(2, 0, d);
   return {dq, dk, kTransposed ? dx : part_x.sum(1)};
 }
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                        const at::Tensor& centre,
                                                                         const at::Tensor& v,
                                                                         const at::Tensor& grad_out) {
-  return backward_impl<true>(q, k, v, grad_out);
+  return backward_impl<true>(q, k, centre, v, grad_out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& centre,
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out) {
-  return backward_impl<false>(q, k, grad_out, w);
+  return backward_impl<false>(q, k, centre, grad_out, w);
 }
 
 }  // namespace cpu

@@ -14,9 +14,9 @@ namespace {
 
 template <typename T, class C, bool kWithAy>
 __global__ void __launch_bounds__(C::THREADS)
-    grad_rows_kernel(const T* __restrict__ q, const float* __restrict__ k, const T* __restrict__ x,
-                     const float* __restrict__ y, T* __restrict__ dq, T* __restrict__ ay, int64_t batch, int64_t n,
-                     int64_t m, int d, int c) {
+    grad_rows_kernel(const T* __restrict__ q, const float* __restrict__ k, const float* __restrict__ centre,
+                     const T* __restrict__ x, const float* __restrict__ y, T* __restrict__ dq, T* __restrict__ ay,
+                     int64_t batch, int64_t n, int64_t m, int d, int c) {
   extern __shared__ float smem[];
   float* q_t = smem;                  // d x LD (query rows of this block)
   float* x_t = q_t + d * C::LD;       // c x LD
@@ -34,9 +34,10 @@ __global__ void __launch_bounds__(C::THREADS)
     const T* q_b = q + b * n * d;
     const T* x_b = x + b * n * c;
     const float* k_b = k + b * m * d;
+    const float* centre_b = centre + b * d;
     const float* y_b = y + b * m * c;
     __syncthreads();
-    load_rows_transposed<C>(q_b, n0, n, d, q_t);
+    load_rows_transposed<C>(q_b, n0, n, d, q_t, centre_b);
     load_rows_transposed<C>(x_b, n0, n, c, x_t);
     __syncthreads();
     half_sq_norms<C>(q_t, d, hq);
@@ -53,7 +54,7 @@ __global__ void __launch_bounds__(C::THREADS)
 
     for (int64_t j0 = 0; j0 < m; j0 += C::TILE) {
       __syncthreads();
-      load_rows_transposed<C>(k_b, j0, m, d, k_t);
+      load_rows_transposed<C>(k_b, j0, m, d, k_t, centre_b);
       load_rows_transposed<C>(y_b, j0, m, c, y_t);
       __syncthreads();
       half_sq_norms<C>(k_t, d, hk);
@@ -133,9 +134,9 @@ __global__ void __launch_bounds__(C::THREADS)
 // Workspace layout (float32): dk part [splits*B, m, d], colsum part [splits*B, m], A^T x part [splits*B, m, c].
 template <typename T, class C, bool kWithAtx>
 __global__ void __launch_bounds__(C::THREADS)
-    grad_cols_kernel(const T* __restrict__ q, const float* __restrict__ k, const T* __restrict__ x,
-                     const float* __restrict__ y, float* __restrict__ ws, int64_t batch, int64_t n, int64_t m, int d,
-                     int c, int64_t splits, int64_t rows_per_split) {
+    grad_cols_kernel(const T* __restrict__ q, const float* __restrict__ k, const float* __restrict__ centre,
+                     const T* __restrict__ x, const float* __restrict__ y, float* __restrict__ ws, int64_t batch,
+                     int64_t n, int64_t m, int d, int c, int64_t splits, int64_t rows_per_split) {
   extern __shared__ float smem[];
   float* k_t = smem;                  // d x LD (landmarks of this block)
   float* y_t = k_t + d * C::LD;       // c x LD
@@ -159,9 +160,10 @@ __global__ void __launch_bounds__(C::THREADS)
     const T* q_b = q + b * n * d;
     const T* x_b = x + b * n * c;
     const float* k_b = k + b * m * d;
+    const float* centre_b = centre + b * d;
     const float* y_b = y + b * m * c;
     __syncthreads();
-    load_rows_transposed<C>(k_b, j0, m, d, k_t);
+    load_rows_transposed<C>(k_b, j0, m, d, k_t, centre_b);
     load_rows_transposed<C>(y_b, j0, m, c, y_t);
     __syncthreads();
     half_sq_norms<C>(k_t, d, hk);
@@ -179,7 +181,7 @@ __global__ void __launch_bounds__(C::THREADS)
 
     for (int64_t n0 = row_begin; n0 < row_end; n0 += C::TILE) {
       __syncthreads();
-      load_rows_transposed<C>(q_b, n0, row_end, d, q_t);
+      load_rows_transposed<C>(q_b, n0, row_end, d, q_t, centre_b);
       load_rows_transposed<C>(x_b, n0, row_end, c, x_t);
       __syncthreads();
       half_sq_norms<C>(q_t, d, hq);
@@ -255,10 +257,11 @@ __global__ void __launch_bounds__(C::THREADS)
   }
 }
 
-// dk[b, j, e] = sum_s ws_dk[b, s, j, e] - (sum_s ws_g[b, s, j]) * k[b, j, e].
+// dk[b, j, e] = sum_s ws_dk[b, s, j, e] - (sum_s ws_g[b, s, j]) * (k[b, j, e] - centre[b, e]) (the partial sums hold
+// G^T (q - centre); the centre cancels: G^T q - colsum(G) o k).
 __global__ void dk_reduce_kernel(const float* __restrict__ ws_dk, const float* __restrict__ ws_g,
-                                 const float* __restrict__ k, float* __restrict__ dk, int64_t batch, int64_t splits,
-                                 int64_t m, int64_t d) {
+                                 const float* __restrict__ k, const float* __restrict__ centre, float* __restrict__ dk,
+                                 int64_t batch, int64_t splits, int64_t m, int64_t d) {
   const int64_t inner = m * d;
   const int64_t total = batch * inner;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -266,19 +269,20 @@ __global__ void dk_reduce_kernel(const float* __restrict__ ws_dk, const float* _
     const int64_t b = idx / inner;
     const int64_t rem = idx - b * inner;
     const int64_t j = rem / d;
+    const int64_t e = rem - j * d;
     float s = 0.f, g = 0.f;
     for (int64_t sp = 0; sp < splits; ++sp) {
       s += ws_dk[(b * splits + sp) * inner + rem];
       g += ws_g[(b * splits + sp) * m + j];
     }
-    dk[idx] = s - g * k[idx];
+    dk[idx] = s - g * (k[idx] - centre[b * d + e]);
   }
 }
 
 template <bool kWithAy>
-cudaError_t launch_grad_rows(ScalarKind kind, const void* q, const float* k, const void* x, const float* y, void* dq,
-                             void* ay, int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c,
-                             cudaStream_t stream) {
+cudaError_t launch_grad_rows(ScalarKind kind, const void* q, const float* k, const float* centre, const void* x,
+                             const float* y, void* dq, void* ay, int64_t batch, int64_t n, int64_t m, int64_t d,
+                             int64_t c, cudaStream_t stream) {
   return dispatch_kind(kind, [&](auto type_tag) {
     using T = typename decltype(type_tag)::type;
     return dispatch_cfg(d, c, [&](auto cfg_tag) {
@@ -292,17 +296,17 @@ cudaError_t launch_grad_rows(ScalarKind kind, const void* q, const float* k, con
       if (err != cudaSuccess) return err;
       const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch < 65535 ? batch : 65535));
       MMSOFT_KERNEL_LAUNCH(kernel, grid, C::THREADS, smem, stream)
-      (static_cast<const T*>(q), k, static_cast<const T*>(x), y, static_cast<T*>(dq), static_cast<T*>(ay), batch, n, m,
-       static_cast<int>(d), static_cast<int>(c));
+      (static_cast<const T*>(q), k, centre, static_cast<const T*>(x), y, static_cast<T*>(dq), static_cast<T*>(ay),
+       batch, n, m, static_cast<int>(d), static_cast<int>(c));
       return cudaGetLastError();
     });
   });
 }
 
 template <bool kWithAtx>
-cudaError_t launch_grad_cols(ScalarKind kind, const void* q, const float* k, const void* x, const float* y,
-                             float* workspace, int64_t splits, int64_t batch, int64_t n, int64_t m, int64_t d,
-                             int64_t c, cudaStream_t stream) {
+cudaError_t launch_grad_cols(ScalarKind kind, const void* q, const float* k, const float* centre, const void* x,
+                             const float* y, float* workspace, int64_t splits, int64_t batch, int64_t n, int64_t m,
+                             int64_t d, int64_t c, cudaStream_t stream) {
   return dispatch_kind(kind, [&](auto type_tag) {
     using T = typename decltype(type_tag)::type;
     return dispatch_cfg(d, c, [&](auto cfg_tag) {
@@ -318,7 +322,7 @@ cudaError_t launch_grad_cols(ScalarKind kind, const void* q, const float* k, con
       const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(splits),
                       static_cast<unsigned>(batch < 65535 ? batch : 65535));
       MMSOFT_KERNEL_LAUNCH(kernel, grid, C::THREADS, smem, stream)
-      (static_cast<const T*>(q), k, static_cast<const T*>(x), y, workspace, batch, n, m, static_cast<int>(d),
+      (static_cast<const T*>(q), k, centre, static_cast<const T*>(x), y, workspace, batch, n, m, static_cast<int>(d),
        static_cast<int>(c), splits, rows_per_split);
       return cudaGetLastError();
     });
@@ -328,17 +332,19 @@ cudaError_t launch_grad_cols(ScalarKind kind, const void* q, const float* k, con
 }  // namespace
 }  // namespace detail
 
-cudaError_t kernel_grad_rows(ScalarKind kind, const void* q, const float* k, const void* x, const float* y, void* dq,
-                             void* ay, int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c,
-                             cudaStream_t stream) {
+cudaError_t kernel_grad_rows(ScalarKind kind, const void* q, const float* k, const float* centre, const void* x,
+                             const float* y, void* dq, void* ay, int64_t batch, int64_t n, int64_t m, int64_t d,
+                             int64_t c, cudaStream_t stream) {
   if (batch == 0 || n == 0) return cudaSuccess;
-  if (ay != nullptr) return detail::launch_grad_rows<true>(kind, q, k, x, y, dq, ay, batch, n, m, d, c, stream);
-  return detail::launch_grad_rows<false>(kind, q, k, x, y, dq, nullptr, batch, n, m, d, c, stream);
+  if (ay != nullptr) {
+    return detail::launch_grad_rows<true>(kind, q, k, centre, x, y, dq, ay, batch, n, m, d, c, stream);
+  }
+  return detail::launch_grad_rows<false>(kind, q, k, centre, x, y, dq, nullptr, batch, n, m, d, c, stream);
 }
 
-cudaError_t kernel_grad_cols(ScalarKind kind, const void* q, const float* k, const void* x, const float* y,
-                             float* dk, float* atx, float* workspace, int64_t splits, int64_t batch, int64_t n,
-                             int64_t m, int64_t d, int64_t c, cudaStream_t stream) {
+cudaError_t kernel_grad_cols(ScalarKind kind, const void* q, const float* k, const float* centre, const void* x,
+                             const float* y, float* dk, float* atx, float* workspace, int64_t splits, int64_t batch,
+                             int64_t n, int64_t m, int64_t d, int64_t c, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
   if (n == 0) {
     cudaError_t err = cudaMemsetAsync(dk, 0, sizeof(float) * batch * m * d, stream);
@@ -346,16 +352,16 @@ cudaError_t kernel_grad_cols(ScalarKind kind, const void* q, const float* k, con
     return err;
   }
   if (splits < 1 || splits > 65535) return cudaErrorInvalidValue;
-  cudaError_t err = atx != nullptr
-                        ? detail::launch_grad_cols<true>(kind, q, k, x, y, workspace, splits, batch, n, m, d, c, stream)
-                        : detail::launch_grad_cols<false>(kind, q, k, x, y, workspace, splits, batch, n, m, d, c,
-                                                          stream);
+  cudaError_t err = atx != nullptr ? detail::launch_grad_cols<true>(kind, q, k, centre, x, y, workspace, splits, batch,
+                                                                    n, m, d, c, stream)
+                                   : detail::launch_grad_cols<false>(kind, q, k, centre, x, y, workspace, splits, batch,
+                                                                     n, m, d, c, stream);
   if (err != cudaSuccess) return err;
   const float* ws_dk = workspace;
   const float* ws_g = ws_dk + splits * batch * m * d;
   const float* ws_atx = ws_g + splits * batch * m;
   MMSOFT_KERNEL_LAUNCH(detail::dk_reduce_kernel, detail::reduce_grid(batch * m * d), 256, 0, stream)
-  (ws_dk, ws_g, k, dk, batch, splits, m, d);
+  (ws_dk, ws_g, k, centre, dk, batch, splits, m, d);
   err = cudaGetLastError();
   if (err != cudaSuccess || atx == nullptr) return err;
   return detail::launch_sum_splits(ws_atx, atx, batch, splits, m * c, stream);

@@ -5,7 +5,10 @@
 // Layouts (row-major, contiguous, batch-major):
 //   q (B, N, d), x (B, N, c): "input" dtype (float32 / float16 / bfloat16, given by `kind`)
 //   k (B, m, d), y (B, m, c): float32
+//   centre (B, d): float32, subtracted from the rows of q and k as they are loaded
 // A_ij = exp(-|q_i - k_j|^2 / 2) is recomputed tile by tile and never stored; everything accumulates in float32.
+// Distances, hence results, do not depend on the centre; the rounding of the expanded |q|^2 + |k|^2 - 2 q.k does:
+// with the landmarks' mean it scales with the rows' spread instead of with an offset they share.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -26,25 +29,26 @@ constexpr int64_t kMaxChannels = 128;
 int64_t reduction_splits(int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c, int num_sms);
 
 // out (B, N, c) [kind] = A w, w (B, m, c) float32.
-cudaError_t kernel_matmul_forward(ScalarKind kind, const void* q, const float* k, const float* w, void* out,
-                                  int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c, cudaStream_t stream);
+cudaError_t kernel_matmul_forward(ScalarKind kind, const void* q, const float* k, const float* centre, const float* w,
+                                  void* out, int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c,
+                                  cudaStream_t stream);
 
 // out (B, m, c) float32 = A^T v, v (B, N, c) [kind].
-cudaError_t kernel_t_matmul_forward(ScalarKind kind, const void* q, const float* k, const void* v, float* out,
-                                    float* workspace, int64_t splits, int64_t batch, int64_t n, int64_t m, int64_t d,
-                                    int64_t c, cudaStream_t stream);
+cudaError_t kernel_t_matmul_forward(ScalarKind kind, const void* q, const float* k, const float* centre, const void* v,
+                                    float* out, float* workspace, int64_t splits, int64_t batch, int64_t n, int64_t m,
+                                    int64_t d, int64_t c, cudaStream_t stream);
 
 // Row-side gradients with G = A o (x y^T):  dq (B, N, d) [kind] = G k - rowsum(G) o q,
 // and, when ay != nullptr, ay (B, N, c) [kind] = A y.
-cudaError_t kernel_grad_rows(ScalarKind kind, const void* q, const float* k, const void* x, const float* y, void* dq,
-                             void* ay, int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c,
-                             cudaStream_t stream);
+cudaError_t kernel_grad_rows(ScalarKind kind, const void* q, const float* k, const float* centre, const void* x,
+                             const float* y, void* dq, void* ay, int64_t batch, int64_t n, int64_t m, int64_t d,
+                             int64_t c, cudaStream_t stream);
 
 // Landmark-side gradients: dk (B, m, d) float32 = G^T q - colsum(G) o k,
 // and, when atx != nullptr, atx (B, m, c) float32 = A^T x.
-cudaError_t kernel_grad_cols(ScalarKind kind, const void* q, const float* k, const void* x, const float* y,
-                             float* dk, float* atx, float* workspace, int64_t splits, int64_t batch, int64_t n,
-                             int64_t m, int64_t d, int64_t c, cudaStream_t stream);
+cudaError_t kernel_grad_cols(ScalarKind kind, const void* q, const float* k, const float* centre, const void* x,
+                             const float* y, float* dk, float* atx, float* workspace, int64_t splits, int64_t batch,
+                             int64_t n, int64_t m, int64_t d, int64_t c, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace mmsoft

@@ -11,8 +11,9 @@ namespace {
 //   out[i, :] = sum_j A_ij w[j, :]
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS)
-    matmul_fwd_kernel(const T* __restrict__ q, const float* __restrict__ k, const float* __restrict__ w,
-                      T* __restrict__ out, int64_t batch, int64_t n, int64_t m, int d, int c) {
+    matmul_fwd_kernel(const T* __restrict__ q, const float* __restrict__ k, const float* __restrict__ centre,
+                      const float* __restrict__ w, T* __restrict__ out, int64_t batch, int64_t n, int64_t m, int d,
+                      int c) {
   extern __shared__ float smem[];
   float* q_t = smem;                  // d x LD
   float* k_t = q_t + d * C::LD;       // d x LD
@@ -26,9 +27,10 @@ __global__ void __launch_bounds__(C::THREADS)
   for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
     const T* q_b = q + b * n * d;
     const float* k_b = k + b * m * d;
+    const float* centre_b = centre + b * d;
     const float* w_b = w + b * m * c;
     __syncthreads();
-    load_rows_transposed<C>(q_b, n0, n, d, q_t);
+    load_rows_transposed<C>(q_b, n0, n, d, q_t, centre_b);
     __syncthreads();
     half_sq_norms<C>(q_t, d, hq);
 
@@ -41,7 +43,7 @@ __global__ void __launch_bounds__(C::THREADS)
 
     for (int64_t j0 = 0; j0 < m; j0 += C::TILE) {
       __syncthreads();
-      load_rows_transposed<C>(k_b, j0, m, d, k_t);
+      load_rows_transposed<C>(k_b, j0, m, d, k_t, centre_b);
       load_rows_transposed<C>(w_b, j0, m, c, w_t);
       __syncthreads();
       half_sq_norms<C>(k_t, d, hk);
@@ -93,9 +95,9 @@ __global__ void __launch_bounds__(C::THREADS)
 //   ws[b, split, j, :] = sum_{i in slice} A_ij v[i, :]
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS)
-    t_matmul_partial_kernel(const T* __restrict__ q, const float* __restrict__ k, const T* __restrict__ v,
-                            float* __restrict__ ws, int64_t batch, int64_t n, int64_t m, int d, int c, int64_t splits,
-                            int64_t rows_per_split) {
+    t_matmul_partial_kernel(const T* __restrict__ q, const float* __restrict__ k, const float* __restrict__ centre,
+                            const T* __restrict__ v, float* __restrict__ ws, int64_t batch, int64_t n, int64_t m,
+                            int d, int c, int64_t splits, int64_t rows_per_split) {
   extern __shared__ float smem[];
   float* k_t = smem;                  // d x LD
   float* q_t = k_t + d * C::LD;       // d x LD
@@ -112,9 +114,10 @@ __global__ void __launch_bounds__(C::THREADS)
   for (int64_t b = blockIdx.z; b < batch; b += gridDim.z) {
     const T* q_b = q + b * n * d;
     const float* k_b = k + b * m * d;
+    const float* centre_b = centre + b * d;
     const T* v_b = v + b * n * c;
     __syncthreads();
-    load_rows_transposed<C>(k_b, j0, m, d, k_t);
+    load_rows_transposed<C>(k_b, j0, m, d, k_t, centre_b);
     __syncthreads();
     half_sq_norms<C>(k_t, d, hk);
 
@@ -128,7 +131,7 @@ __global__ void __launch_bounds__(C::THREADS)
 
     for (int64_t n0 = row_begin; n0 < row_end; n0 += C::TILE) {
       __syncthreads();
-      load_rows_transposed<C>(q_b, n0, row_end, d, q_t);
+      load_rows_transposed<C>(q_b, n0, row_end, d, q_t, centre_b);
       load_rows_transposed<C>(v_b, n0, row_end, c, v_t);
       __syncthreads();
       half_sq_norms<C>(q_t, d, hq);
@@ -217,8 +220,9 @@ int64_t reduction_splits(int64_t batch, int64_t n, int64_t m, int64_t d, int64_t
   return splits < 1 ? 1 : splits;
 }
 
-cudaError_t kernel_matmul_forward(ScalarKind kind, const void* q, const float* k, const float* w, void* out,
-                                  int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c, cudaStream_t stream) {
+cudaError_t kernel_matmul_forward(ScalarKind kind, const void* q, const float* k, const float* centre, const float* w,
+                                  void* out, int64_t batch, int64_t n, int64_t m, int64_t d, int64_t c,
+                                  cudaStream_t stream) {
   if (batch == 0 || n == 0) return cudaSuccess;
   return detail::dispatch_kind(kind, [&](auto type_tag) {
     using T = typename decltype(type_tag)::type;
@@ -232,15 +236,16 @@ cudaError_t kernel_matmul_forward(ScalarKind kind, const void* q, const float* k
       if (err != cudaSuccess) return err;
       const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(batch < 65535 ? batch : 65535));
       MMSOFT_KERNEL_LAUNCH(kernel, grid, C::THREADS, smem, stream)
-      (static_cast<const T*>(q), k, w, static_cast<T*>(out), batch, n, m, static_cast<int>(d), static_cast<int>(c));
+      (static_cast<const T*>(q), k, centre, w, static_cast<T*>(out), batch, n, m, static_cast<int>(d),
+       static_cast<int>(c));
       return cudaGetLastError();
     });
   });
 }
 
-cudaError_t kernel_t_matmul_forward(ScalarKind kind, const void* q, const float* k, const void* v, float* out,
-                                    float* workspace, int64_t splits, int64_t batch, int64_t n, int64_t m, int64_t d,
-                                    int64_t c, cudaStream_t stream) {
+cudaError_t kernel_t_matmul_forward(ScalarKind kind, const void* q, const float* k, const float* centre, const void* v,
+                                    float* out, float* workspace, int64_t splits, int64_t batch, int64_t n, int64_t m,
+                                    int64_t d, int64_t c, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
   if (n == 0) return cudaMemsetAsync(out, 0, sizeof(float) * batch * m * c, stream);
   if (splits < 1 || splits > 65535) return cudaErrorInvalidValue;
@@ -258,7 +263,7 @@ cudaError_t kernel_t_matmul_forward(ScalarKind kind, const void* q, const float*
       const dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(splits),
                       static_cast<unsigned>(batch < 65535 ? batch : 65535));
       MMSOFT_KERNEL_LAUNCH(kernel, grid, C::THREADS, smem, stream)
-      (static_cast<const T*>(q), k, static_cast<const T*>(v), workspace, batch, n, m, static_cast<int>(d),
+      (static_cast<const T*>(q), k, centre, static_cast<const T*>(v), workspace, batch, n, m, static_cast<int>(d),
        static_cast<int>(c), splits, rows_per_split);
       return cudaGetLastError();
     });

@@ -105,16 +105,20 @@ cudaError_t prepare_smem(Kernel kernel, size_t bytes) {
 }
 
 // Rows [row0, row0 + TILE) of the row-major (rows x width) matrix `src`, transposed into dst[e * LD + r] as float;
-// rows at or past `row_end` read as zero. Consecutive threads read consecutive global addresses.
+// rows at or past `row_end` read as zero. Consecutive threads read consecutive global addresses. With a `centre`
+// (width floats), centre[e] is subtracted from every row after the conversion to float (q and k tiles, see the
+// centre in soft_attention_cuda.h).
 template <class C, typename T>
 __device__ __forceinline__ void load_rows_transposed(const T* __restrict__ src, int64_t row0, int64_t row_end,
-                                                     int width, float* __restrict__ dst) {
+                                                     int width, float* __restrict__ dst,
+                                                     const float* __restrict__ centre = nullptr) {
   const int total = C::TILE * width;
   for (int idx = threadIdx.x; idx < total; idx += C::THREADS) {
     const int r = idx / width;
     const int e = idx - r * width;
     const int64_t row = row0 + r;
-    dst[e * C::LD + r] = row < row_end ? to_float(src[row * width + e]) : 0.f;
+    const float shift = centre != nullptr ? centre[e] : 0.f;
+    dst[e * C::LD + r] = row < row_end ? to_float(src[row * width + e]) - shift : 0.f;
   }
 }
 

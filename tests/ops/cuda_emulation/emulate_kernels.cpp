@@ -30,6 +30,7 @@ using mmsoft::cuda::detail::to_float;
 
 struct Problem {
   int64_t batch, n, m, d, c, splits;
+  float offset = 0.f;  // added to every coordinate of q and k: distances, hence results, must not change
 };
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -60,12 +61,22 @@ bool run_case(ScalarKind kind, const char* kind_name, const Problem& p, double t
   const float scale = 1.f / std::sqrt(static_cast<float>(D));  // keeps |q - k|^2 ~ 2: A is neither 0 nor 1
   std::vector<T> q(B * N * D), x(B * N * C);
   std::vector<float> k(B * M * D), y(B * M * C);
-  for (auto& e : q) e = from_float<T>(scale * normal(gen));
+  for (auto& e : q) e = from_float<T>(scale * normal(gen) + p.offset);
   for (auto& e : x) e = from_float<T>(normal(gen));
-  for (auto& e : k) e = scale * normal(gen);
+  for (auto& e : k) e = scale * normal(gen) + p.offset;
   for (auto& e : y) e = normal(gen);
+  // The reference uses the inputs as rounded to T, so only the kernels' own rounding is measured.
   const auto qd = widen(q), xd = widen(x);
   const std::vector<double> kd(k.begin(), k.end()), yd(y.begin(), y.end());
+  // The centre the bindings pass: the landmarks' mean per batch item (B, d), float32.
+  std::vector<float> centre(B * D, 0.f);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t e = 0; e < D; ++e) {
+      double sum = 0;
+      for (int64_t j = 0; j < M; ++j) sum += kd[(b * M + j) * D + e];
+      centre[b * D + e] = static_cast<float>(sum / static_cast<double>(M));
+    }
+  }
 
   // float64 reference: A, G = A o (x y^T) and the six products.
   std::vector<double> r_aw(B * N * C, 0), r_atv(B * M * C, 0), r_dq(B * N * D, 0), r_ay(B * N * C, 0),
@@ -105,32 +116,32 @@ bool run_case(ScalarKind kind, const char* kind_name, const Problem& p, double t
   bool ok = true;
   auto check = [&](const char* what, cudaError_t err, double rel) {
     const bool pass = err == cudaSuccess && rel <= tol && emu::g_failures == 0;
-    std::printf("%-4s %-9s B=%lld N=%lld m=%lld d=%lld c=%lld splits=%lld  rel_err=%.3g (tol %.1g)%s\n",
+    std::printf("%-4s %-9s B=%lld N=%lld m=%lld d=%lld c=%lld splits=%lld offset=%g  rel_err=%.3g (tol %.1g)%s\n",
                 pass ? "ok" : "FAIL", what, (long long)B, (long long)N, (long long)M, (long long)D, (long long)C,
-                (long long)p.splits, rel, tol, err == cudaSuccess ? "" : "  [launcher returned an error]");
+                (long long)p.splits, p.offset, rel, tol, err == cudaSuccess ? "" : "  [launcher returned an error]");
     ok = ok && pass;
   };
   std::printf("# %s\n", kind_name);
-  cudaError_t err = mmsoft::cuda::kernel_matmul_forward(kind, q.data(), k.data(), y.data(), aw.data(), B, N, M, D, C,
+  cudaError_t err = mmsoft::cuda::kernel_matmul_forward(kind, q.data(), k.data(), centre.data(), y.data(), aw.data(), B, N, M, D, C,
                                                         stream);
   check("A w", err, max_rel_err(widen(aw), r_aw));
-  err = mmsoft::cuda::kernel_t_matmul_forward(kind, q.data(), k.data(), x.data(), atv.data(), ws.data(), p.splits, B,
+  err = mmsoft::cuda::kernel_t_matmul_forward(kind, q.data(), k.data(), centre.data(), x.data(), atv.data(), ws.data(), p.splits, B,
                                               N, M, D, C, stream);
   check("A^T v", err, max_rel_err(widen(atv), r_atv));
-  err = mmsoft::cuda::kernel_grad_rows(kind, q.data(), k.data(), x.data(), y.data(), dq.data(), ay.data(), B, N, M, D,
+  err = mmsoft::cuda::kernel_grad_rows(kind, q.data(), k.data(), centre.data(), x.data(), y.data(), dq.data(), ay.data(), B, N, M, D,
                                        C, stream);
   check("dq", err, max_rel_err(widen(dq), r_dq));
   check("A y", err, max_rel_err(widen(ay), r_ay));
-  err = mmsoft::cuda::kernel_grad_rows(kind, q.data(), k.data(), x.data(), y.data(), dq2.data(), nullptr, B, N, M, D,
+  err = mmsoft::cuda::kernel_grad_rows(kind, q.data(), k.data(), centre.data(), x.data(), y.data(), dq2.data(), nullptr, B, N, M, D,
                                        C, stream);
   check("dq(no Ay)", err, max_rel_err(widen(dq2), r_dq));
   std::fill(ws.begin(), ws.end(), kNaN);
-  err = mmsoft::cuda::kernel_grad_cols(kind, q.data(), k.data(), x.data(), y.data(), dk.data(), atx.data(), ws.data(),
+  err = mmsoft::cuda::kernel_grad_cols(kind, q.data(), k.data(), centre.data(), x.data(), y.data(), dk.data(), atx.data(), ws.data(),
                                        p.splits, B, N, M, D, C, stream);
   check("dk", err, max_rel_err(widen(dk), r_dk));
   check("A^T x", err, max_rel_err(widen(atx), r_atx));
   std::fill(ws.begin(), ws.end(), kNaN);
-  err = mmsoft::cuda::kernel_grad_cols(kind, q.data(), k.data(), x.data(), y.data(), dk2.data(), nullptr, ws.data(),
+  err = mmsoft::cuda::kernel_grad_cols(kind, q.data(), k.data(), centre.data(), x.data(), y.data(), dk2.data(), nullptr, ws.data(),
                                        p.splits, B, N, M, D, C, stream);
   check("dk(no Atx)", err, max_rel_err(widen(dk2), r_dk));
   return ok;
@@ -154,15 +165,21 @@ int main() {
   for (const auto& p : problems) ok &= run_case<float>(ScalarKind::kFloat32, "float32", p, 2e-5, seed++);
   ok &= run_case<__half>(ScalarKind::kFloat16, "float16", problems[0], 2e-3, seed++);
   ok &= run_case<__nv_bfloat16>(ScalarKind::kBFloat16, "bfloat16", problems[3], 1.6e-2, seed++);
+  // q and k sharing a large offset: the centre (landmark mean) keeps the expanded distance accurate; without it the
+  // float32 error is ~1e-2 at offset 100. float16 rows at 100 are coarse (spacing 1/16) but exact inputs all the same.
+  Problem shifted = problems[0];
+  shifted.offset = 100.f;
+  ok &= run_case<float>(ScalarKind::kFloat32, "float32, offset 100", shifted, 2e-5, seed++);
+  ok &= run_case<__half>(ScalarKind::kFloat16, "float16, offset 100", shifted, 2e-3, seed++);
 
   // Launcher-side validation: unsupported channel counts and split counts are refused, not launched.
   std::vector<float> dummy(16);
   const bool refused_c = mmsoft::cuda::kernel_matmul_forward(ScalarKind::kFloat32, dummy.data(), dummy.data(),
-                                                             dummy.data(), dummy.data(), 1, 1, 1, 1, 129,
+                                                             dummy.data(), dummy.data(), dummy.data(), 1, 1, 1, 1, 129,
                                                              nullptr) != cudaSuccess;
   const bool refused_s = mmsoft::cuda::kernel_t_matmul_forward(ScalarKind::kFloat32, dummy.data(), dummy.data(),
-                                                               dummy.data(), dummy.data(), dummy.data(), 0, 1, 1, 1, 1,
-                                                               1, nullptr) != cudaSuccess;
+                                                               dummy.data(), dummy.data(), dummy.data(), dummy.data(),
+                                                               0, 1, 1, 1, 1, 1, nullptr) != cudaSuccess;
   std::printf("%-4s launcher refuses c > 128 and splits = 0\n", refused_c && refused_s ? "ok" : "FAIL");
   ok = ok && refused_c && refused_s;
   // reduction_splits: always within [1, 65535] and never more than ~N / (4 * tile) slices.
