@@ -43,7 +43,7 @@ def test_reference_small_depths_do_not_match_published_count():
 
 @pytest.mark.parametrize("size", [(64, 96), (333, 517), (32, 32)])
 def test_padding_is_invisible_to_padded_inputs(size):
-    """An input already padded to 32 goes through unchanged; odd sizes give ResNet-like sizes."""
+    """Odd sizes give ResNet-like sizes; a zero-padded input gives the maps of the image without its padding."""
     torch.manual_seed(0)
     model = SOFT(arch="tiny", out_indices=(0, 3)).eval()
     x = torch.randn(2, 3, *size)
@@ -51,8 +51,8 @@ def test_padding_is_invisible_to_padded_inputs(size):
         outs = model(x)
     assert [o.shape[-2:] for o in outs] == [(math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in (4, 32)]
     if size[0] % 32 == 0 and size[1] % 32 == 0:
-        # feeding the explicit zero-padded version of a smaller image gives the same result as the
-        # backbone padding it itself
+        # the explicitly zero-padded version of a smaller image gives the smaller image's maps (its trailing zero
+        # rows / columns are masked as padding)
         small = x[..., : size[0] - 5, : size[1] - 7]
         with torch.no_grad():
             a = model(small)[0]

@@ -7,6 +7,7 @@ and ResNet-18 (built from mmdet's registry, randomly initialised with a fixed se
 max |alone - padded| / max |alone| over the positions at least ``--margin`` pixels away from the padded edge, and
 over all of the image's positions. Then the forward time of SOFT-T on a batch of two ``--timing-size`` images, one of
 them padded (``--timing-pad`` zero rows and columns), with and without the mask, and on the same batch unpadded.
+``--soft-checkpoint`` loads trained SOFT-T weights instead of the random initialisation.
 
 Example::
 
@@ -30,8 +31,9 @@ def _size(text: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def build_backbones(seed: int) -> dict[str, nn.Module]:
-    """SOFT-T-Norm (masked / unmasked: the same weights), mmdet's PVTv2-B0 and ResNet-18, initialised, eval mode."""
+def build_backbones(seed: int, soft_checkpoint: str | None = None) -> dict[str, nn.Module]:
+    """SOFT-T-Norm (masked / unmasked: the same weights; randomly initialised or from ``soft_checkpoint``), mmdet's
+    PVTv2-B0 and ResNet-18 (randomly initialised), eval mode."""
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmdet.utils import register_all_modules
 
@@ -39,7 +41,8 @@ def build_backbones(seed: int) -> dict[str, nn.Module]:
 
     register_all_modules(init_default_scope=False)
     torch.manual_seed(seed)
-    soft = SOFT(arch="tiny", drop_path_rate=0.0)
+    init_cfg = dict(type="Pretrained", checkpoint=soft_checkpoint) if soft_checkpoint else None
+    soft = SOFT(arch="tiny", drop_path_rate=0.0, init_cfg=init_cfg)
     soft.init_weights()
     unmasked = SOFT(arch="tiny", drop_path_rate=0.0, mask_zero_padding=False)
     unmasked.load_state_dict(soft.state_dict())
@@ -51,7 +54,9 @@ def build_backbones(seed: int) -> dict[str, nn.Module]:
         model = MMDET_MODELS.build(cfg)
         model.init_weights()
         models[name] = model
-    return {name: model.eval() for name, model in models.items()}
+    for model in models.values():
+        model.eval()  # (mmdet's ResNet.train does not return the module)
+    return models
 
 
 def test_image(h: int, w: int, seed: int) -> torch.Tensor:
@@ -81,16 +86,20 @@ def padding_change(model: nn.Module, img: torch.Tensor, padded_hw: tuple[int, in
     return out
 
 
-def forward_seconds(model: nn.Module, batch: torch.Tensor, repeat: int) -> float:
-    """Median forward time after one warm-up run."""
-    times = []
+def forward_seconds(cases: list[tuple[str, nn.Module, torch.Tensor]], repeat: int) -> dict[str, tuple[float, float]]:
+    """Per case, the median wall-clock and process CPU seconds of a forward pass, after one warm-up run each. The
+    cases take turns, so that a change in the machine's load affects them alike; CPU time is the steadier figure on a
+    shared machine."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in cases}
     with torch.no_grad():
-        model(batch)
-        for _ in range(repeat):
-            start = time.perf_counter()
+        for _, model, batch in cases:
             model(batch)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for _ in range(repeat):
+            for name, model, batch in cases:
+                wall, cpu = time.perf_counter(), time.process_time()
+                model(batch)
+                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,10 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing-pad", type=int, default=128, help="zero rows and columns of the padded image")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (median)")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads for the timing runs (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--soft-checkpoint", help="SOFT-T weights (reference, mmsoft or whole-detector checkpoint)")
     args = parser.parse_args(argv)
 
-    models = build_backbones(args.seed)
+    models = build_backbones(args.seed, args.soft_checkpoint)
     img = test_image(*args.size, seed=0)
     print(f"Relative change of an image's features, {args.size[0]}x{args.size[1]} alone vs zero-padded to "
           f"{args.padded[0]}x{args.padded[1]}: max |difference| / max |alone|, at >= {args.margin} px from the "
@@ -119,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.skip_timing:
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     th, tw = args.timing_size
     full = torch.cat([test_image(th, tw, seed=2), test_image(th, tw, seed=3)])
     padded = full.clone()
@@ -132,10 +145,10 @@ def main(argv: list[str] | None = None) -> None:
              ("unpadded batch, mask_zero_padding=False", unmasked, full)]
     print(f"\nSOFT-T-Norm forward, batch of 2 x {th}x{tw} (padded: the second image has {args.timing_pad} zero rows "
           f"and columns), {torch.get_num_threads()} threads, median of {args.repeat}")
-    print("| case | seconds |")
-    print("|---|---:|")
-    for name, model, batch in cases:
-        print(f"| {name} | {forward_seconds(model, batch, args.repeat):.3f} |")
+    print("| case | wall seconds | CPU seconds |")
+    print("|---|---:|---:|")
+    for name, (wall, cpu) in forward_seconds(cases, args.repeat).items():
+        print(f"| {name} | {wall:.3f} | {cpu:.3f} |")
 
 
 if __name__ == "__main__":
