@@ -43,7 +43,7 @@ def test_reference_small_depths_do_not_match_published_count():
 
 @pytest.mark.parametrize("size", [(64, 96), (333, 517), (32, 32)])
 def test_padding_is_invisible_to_padded_inputs(size):
-    """An input already padded to 32 goes through unchanged; odd sizes give ResNet-like sizes."""
+    """Odd sizes give ResNet-like sizes; a zero-padded input gives the maps of the image without its padding."""
     torch.manual_seed(0)
     model = SOFT(arch="tiny", out_indices=(0, 3)).eval()
     x = torch.randn(2, 3, *size)
@@ -51,8 +51,8 @@ def test_padding_is_invisible_to_padded_inputs(size):
         outs = model(x)
     assert [o.shape[-2:] for o in outs] == [(math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in (4, 32)]
     if size[0] % 32 == 0 and size[1] % 32 == 0:
-        # feeding the explicit zero-padded version of a smaller image gives the same result as the
-        # backbone padding it itself
+        # the explicitly zero-padded version of a smaller image gives the smaller image's maps (its trailing zero
+        # rows / columns are masked as padding)
         small = x[..., : size[0] - 5, : size[1] - 7]
         with torch.no_grad():
             a = model(small)[0]
@@ -146,3 +146,126 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.randn(3, 64, 64))
     with pytest.raises(TypeError, match="floating"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------- stages after max(out_indices)
+@pytest.mark.parametrize("out_indices,built", [((0, 1, 2), 3), ((1,), 2), ((0,), 1), ((3, 0), 4)])
+def test_stages_after_the_last_output_are_not_built(out_indices, built):
+    torch.manual_seed(0)
+    model = SOFT(arch="tiny", out_indices=out_indices, drop_path_rate=0.0, with_cls_token=True)
+    model.init_weights()
+    assert len(model.stages) == model.num_stages == built
+    assert not any(n.startswith(f"stages.{built}.") for n, _ in model.named_parameters())
+    outs = model(torch.randn(2, 3, 64, 96))
+    assert model.out_indices == tuple(sorted(out_indices))  # maps come in stage order, as mmdet's ResNet gives them
+    assert [o.shape[1] for o in outs] == [model.embed_dims[i] for i in sorted(out_indices)]
+    sum(o.pow(2).mean() for o in outs).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+def test_truncated_backbone_computes_the_same_stages_and_loads_a_full_checkpoint(tmp_path, monkeypatch):
+    from mmsoft.models.backbones import soft_converter
+
+    torch.manual_seed(0)
+    full = SOFT(arch="tiny", drop_path_rate=0.0)
+    full.init_weights()
+    path = tmp_path / "full.pth"
+    torch.save({"state_dict": full.state_dict()}, path)
+    logged = []
+    monkeypatch.setattr(soft_converter, "print_log", lambda msg, **kwargs: logged.append(msg))
+    three = SOFT(arch="tiny", out_indices=(0, 1, 2), drop_path_rate=0.0,
+                 init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    three.init_weights()  # strict: the checkpoint's stage-4 keys are reported, not an error
+    assert "stages.3.pos_embed (stage not built: out_indices)" in logged[0]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = full.eval()(x)[:3]
+        got = three.eval()(x)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_frozen_stages_beyond_the_built_stages_freeze_all_of_them():
+    model = SOFT(arch="tiny", out_indices=(0, 1), frozen_stages=4)
+    model.train()
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not any(m.training for stage in model.stages for m in stage.modules())
+
+
+# ---------------------------------------------------------------------- mmseg's legacy pretrained=
+def _mmseg_upernet_config(tmp_path, pretrained: str, backbone_extra: str = ""):
+    from mmengine.config import Config
+
+    path = tmp_path / "upernet_soft_pretrained.py"
+    path.write_text(f"""
+_base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
+custom_imports = dict(imports=['mmsoft'], allow_failed_imports=False)
+model = dict(
+    pretrained={pretrained!r},
+    backbone=dict(_delete_=True, type='mmsoft.SOFT', arch='tiny', out_indices=(0, 1, 2, 3){backbone_extra}),
+    decode_head=dict(in_channels=[64, 128, 320, 512], channels=32),
+    auxiliary_head=dict(in_channels=320, channels=16))
+""")
+    return Config.fromfile(path)
+
+
+def _build_mmseg(cfg):
+    from mmengine.registry import MODELS, init_default_scope
+
+    from mmsoft.utils import prepare_scope
+
+    init_default_scope(prepare_scope(cfg))
+    return MODELS.build(cfg.model)
+
+
+def test_mmseg_model_pretrained_loads_the_backbone_with_a_deprecation_warning(tmp_path):
+    torch.manual_seed(0)
+    trained = SOFT(arch="tiny")
+    trained.init_weights()
+    path = tmp_path / "soft_tiny.pth"
+    torch.save({"state_dict": trained.state_dict()}, path)
+    with pytest.warns(FutureWarning, match="pretrained=.* is deprecated; use init_cfg=dict\\(type='Pretrained'"):
+        segmentor = _build_mmseg(_mmseg_upernet_config(tmp_path, str(path)))
+    assert segmentor.backbone.init_cfg == dict(type="Pretrained", checkpoint=str(path))
+    segmentor.init_weights()
+    state = segmentor.backbone.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
+
+
+def test_pretrained_and_init_cfg_together_say_which_to_keep(tmp_path):
+    cfg = _mmseg_upernet_config(tmp_path, "a.pth", ", init_cfg=dict(type='Pretrained', checkpoint='b.pth')")
+    with pytest.raises(ValueError, match="both pretrained='a.pth' and init_cfg=.*keep only init_cfg .*"
+                                         "model.pretrained=None"):
+        _build_mmseg(cfg)
+    with pytest.raises(TypeError, match="pretrained must be a checkpoint path"):
+        SOFT(pretrained=True)
+
+
+# ---------------------------------------------------------------------- unsupported uses, said clearly
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (1, 2)])
+def test_empty_batch_gives_empty_maps_with_gradients(out_indices):
+    model = SOFT(arch="tiny", out_indices=out_indices)
+    outs = model(torch.randn(0, 3, 100, 130))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, model.embed_dims[i], math.ceil(100 / s), math.ceil(130 / s)) for i, s in
+        zip(out_indices, [(4, 8, 16, 32)[i] for i in out_indices])]
+    sum(o.sum() for o in outs).backward()  # a DDP rank with no image still reaches every parameter
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def test_torch_jit_script_says_it_is_unsupported():
+    with pytest.raises(RuntimeError, match="torch.jit.script does not support mmsoft.SOFT.*torch.compile"):
+        torch.jit.script(SOFT(arch="tiny", out_indices=(0,)))
+
+
+def test_torch_jit_trace_is_guarded_to_the_traced_size():
+    torch.manual_seed(0)
+    model = SOFT(arch="tiny", out_indices=(0, 1)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with pytest.warns(UserWarning, match="valid for 64x96 inputs only"), torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+    with torch.no_grad():
+        y = torch.randn(2, 3, 64, 96)
+        assert all(torch.equal(a, b) for a, b in zip(traced(y), model(y)))
+        with pytest.raises(RuntimeError, match="traced with 64x96 inputs and is valid for that size only, got 96x64"):
+            traced(torch.randn(1, 3, 96, 64))

@@ -254,13 +254,18 @@ def ridge_cholesky_solve(mat: Tensor, x: Tensor, eps: float = CHOLESKY_EPS) -> T
 
 
 # ----------------------------------------------------------------------------------------------- dispatch
-def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, solver: str = "newton") -> Operator:
+def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, solver: str = "newton",
+                      landmark_mask: Tensor | None = None) -> Operator:
     """The operator ``x (..., m, c) -> P x`` for landmarks ``k (..., m, d)``; results in float32 (float64 for float64
-    landmarks). ``solver`` is one of :data:`SOLVERS`; ``num_iters`` applies to the Newton solvers."""
+    landmarks). ``solver`` is one of :data:`SOLVERS`; ``num_iters`` applies to the Newton solvers.
+
+    ``landmark_mask`` (bool, broadcastable to ``k.shape[:-1]``, False = masked) computes, for the valid landmarks,
+    exactly the operator of the valid landmarks alone, and zero for the masked ones: see :func:`mask_landmark_kernel`.
+    """
     check_solver(solver)
     if num_iters < 0:
         raise ValueError(f"num_iters must be >= 0, got {num_iters}")
-    if solver == "newton":
+    if solver == "newton" and landmark_mask is None:
         inv = landmark_inverse(k, sym_norm=sym_norm, num_iters=num_iters)
         return lambda x: inv.to(x.dtype) @ x
 
@@ -268,22 +273,66 @@ def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, sol
     with autocast_disabled(k.device.type):
         kf = k.to(dtype)
         kernel = reference.gaussian_kernel(kf, kf)
+        if landmark_mask is not None:
+            landmark_mask = check_landmark_mask(landmark_mask, k)
+            kernel = mask_landmark_kernel(kernel, landmark_mask)
+            keep = landmark_mask.unsqueeze(-1)
         d_inv_sqrt = kernel.sum(-1).rsqrt().unsqueeze(-1) if sym_norm else None
 
     def apply(x: Tensor) -> Tensor:
         with autocast_disabled(x.device.type):
             x = x.to(dtype)
+            if landmark_mask is not None:
+                x = torch.where(keep, x, 0.0)
             if d_inv_sqrt is not None:
                 x = d_inv_sqrt * x
-            if solver == "newton_eigh":
+            if solver == "newton":  # only with a mask: the unmasked 'newton' forms P once, above
+                y = newton_pinv(kernel, num_iters) @ x
+            elif solver == "newton_eigh":
                 y = _NewtonEighApply.apply(kernel, x, num_iters)
             elif solver == "newton_thin":
                 y = _NewtonThinApply.apply(kernel, x, num_iters)
             else:
                 y = ridge_cholesky_solve(kernel, x).to(dtype)
-            return d_inv_sqrt * y if d_inv_sqrt is not None else y
+            y = d_inv_sqrt * y if d_inv_sqrt is not None else y
+            return y if landmark_mask is None else torch.where(keep, y, 0.0)
 
     return apply
+
+
+def check_landmark_mask(mask: Tensor, k: Tensor) -> Tensor:
+    """``mask`` broadcast to ``k.shape[:-1]``; raises ``ValueError`` / ``TypeError`` for a mask that does not fit."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"landmark_mask must be a bool tensor (True = valid landmark), got {mask.dtype}")
+    if mask.device != k.device:
+        raise ValueError(f"landmark_mask is on {mask.device}, the landmarks on {k.device}")
+    try:
+        return mask.expand(k.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"landmark_mask of shape {tuple(mask.shape)} does not broadcast to the landmarks' "
+                         f"{tuple(k.shape[:-1])} (k is (..., m, d))") from None
+
+
+def mask_landmark_kernel(kernel: Tensor, mask: Tensor) -> Tensor:
+    """The landmark kernel ``kernel (..., m, m)`` with the rows and columns of masked landmarks (``mask (..., m)``
+    False) replaced by ``c`` times those of the identity, ``c = min(1, r_valid)`` with ``r_valid`` the largest row sum
+    of the valid block of that matrix (1 is the Gaussian kernel's own diagonal).
+
+    Up to a permutation the result is ``[[K_valid, 0], [0, c I]]``, and every solver keeps it block-diagonal: the
+    Newton-Schulz iterates and the eigen-filter are functions of the matrix, the Cholesky factor and the SOFT-Norm
+    row sums are per block. The published Newton start (:func:`mmsoft.ops.reference.newton_alpha`) is untouched:
+    ``c`` does not raise the largest row sum ``r`` of any matrix, and since ``c <= r``, ``alpha c^2 <= 2`` keeps the
+    masked columns of ``|I - alpha K^2|`` at sum ``|1 - alpha c^2| <= 1``, never above the halving bound. So the valid
+    block computes what the valid landmarks alone compute (the Cholesky ridge, relative to the mean diagonal, moves by
+    rounding only). A matrix without any valid landmark gets ``c = 1``.
+    """
+    pair = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    zero = torch.zeros((), dtype=kernel.dtype, device=kernel.device)
+    valid = torch.where(pair, kernel, zero)
+    row_max = valid.sum(-1).amax(-1, keepdim=True).detach()                        # (..., 1)
+    scale = torch.where(row_max > 0, row_max.clamp_max(1.0), torch.ones_like(row_max))
+    eye = torch.eye(kernel.shape[-1], dtype=torch.bool, device=kernel.device)
+    return torch.where(eye & ~mask.unsqueeze(-1), scale.unsqueeze(-1), valid)
 
 
 def landmark_solve(k: Tensor, x: Tensor, sym_norm: bool = True, num_iters: int = 20, solver: str = "newton") -> Tensor:

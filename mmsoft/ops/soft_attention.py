@@ -130,7 +130,7 @@ def _products_ext(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Ope
 
 
 def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_iters: int = 20,
-                   impl: str = "auto", solver: str = "newton") -> Tensor:
+                   impl: str = "auto", solver: str = "newton", landmark_mask: Tensor | None = None) -> Tensor:
     """SOFT attention ``A . (P . (A^T v))`` for queries ``q (..., N, d)``, landmarks ``k (..., m, d)``
     and values ``v (..., N, c)``; returns ``(..., N, c)`` in ``v``'s dtype.
 
@@ -138,12 +138,16 @@ def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_i
     ``'auto'`` (extension when available for the device, else reference), ``'ext'`` or ``'reference'``.
     ``solver`` evaluates ``P . (A^T v)``: ``'newton'`` (default), ``'newton_thin'`` or ``'cholesky'``, see
     :mod:`mmsoft.ops.landmark_solvers`.
+    ``landmark_mask`` (bool, broadcastable to ``k.shape[:-1]``; None = all landmarks): False landmarks take no part,
+    their rows and columns of ``P`` are zero (see :func:`~mmsoft.ops.landmark_solvers.landmark_operator`). Tokens to
+    leave out of ``A^T v`` need zero rows in ``v``.
     """
     _check_impl(impl)
     landmark_solvers.check_solver(solver)
     _check_inputs(q, k, v)
     backend = resolve_impl(impl, q, k, v)
-    apply_p = landmark_solvers.landmark_operator(k, sym_norm=sym_norm, num_iters=num_iters, solver=solver)
+    apply_p = landmark_solvers.landmark_operator(k, sym_norm=sym_norm, num_iters=num_iters, solver=solver,
+                                                 landmark_mask=landmark_mask)
     with landmark_solvers.autocast_disabled(q.device.type):
         products = _products_ext if backend == "ext" else _products_reference
         out = products(q, k, v, apply_p)

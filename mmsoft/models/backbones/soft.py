@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmsoft.ops.landmark_solvers import check_solver
 from mmsoft.registry import MODELS
 
-from ..layers import ConvPatchEmbed, SOFTBlock, SoftmaxBlock
+from ..layers import ConvPatchEmbed, SOFTBlock, SoftmaxBlock, ValidRegion
 from .soft_converter import load_soft_pretrained, resize_pos_embed
 
 NUM_STAGES = 4
@@ -50,23 +51,45 @@ class SOFTStage(nn.Module):
         """The patch part of the position embedding resized bilinearly to the token grid: ``(1, H*W, C)``."""
         return resize_pos_embed(self.pos_embed[:, self.num_extra_tokens:], self.pos_grid, hw_shape)
 
-    def _run_block(self, block: nn.Module, tokens: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        if self.with_cp and tokens.requires_grad:
-            return cp.checkpoint(block, tokens, hw_shape, use_reentrant=False)
-        return block(tokens, hw_shape)
+    def padded_pos_embed(self, valid: ValidRegion) -> Tensor:
+        """Per image, the position embedding resized to that image's valid grid (as for the image alone: positions
+        do not shift with the padding) and zero-padded to the batch grid: ``(B, H*W, C)``."""
+        gh, gw = valid.grid
+        by_size: dict[tuple[int, int], Tensor] = {}
+        for size in valid.sizes:
+            if size not in by_size:
+                pos = self.resized_pos_embed(size).reshape(1, size[0], size[1], -1)
+                by_size[size] = F.pad(pos, (0, 0, 0, gw - size[1], 0, gh - size[0]))
+        return torch.cat([by_size[size] for size in valid.sizes]).flatten(1, 2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, C_in, H, W)`` -> ``(B, C, H / s, W / s)``."""
-        x = self.patch_embed(x)
+    def _run_block(self, block: nn.Module, tokens: Tensor, hw_shape: tuple[int, int],
+                   valid: ValidRegion | None) -> Tensor:
+        if self.with_cp and tokens.requires_grad:
+            return cp.checkpoint(block, tokens, hw_shape, valid, use_reentrant=False)
+        return block(tokens, hw_shape, valid)
+
+    def forward(self, x: Tensor, valid: ValidRegion | None = None) -> tuple[Tensor, ValidRegion | None]:
+        """``(B, C_in, H, W)`` -> ``(B, C, ceil(H / s), ceil(W / s))``, and the images' valid parts of that grid.
+
+        ``valid``: the images' valid parts of ``x`` (a zero-padded batch; ``x`` must be 0 outside them), None for a
+        batch without padding. With it each image is computed as it would be alone (patch embedding, position
+        embedding, attention) and the output is 0 outside its valid part.
+        """
+        x = self.patch_embed(x, valid)
         b, c, gh, gw = x.shape
-        tokens = x.flatten(2).transpose(1, 2) + self.resized_pos_embed((gh, gw))
+        if valid is not None:
+            valid = valid.downsample(self.patch_embed.stride, (gh, gw))
+        masked = valid is not None and not valid.is_full
+        pos = self.padded_pos_embed(valid) if masked else self.resized_pos_embed((gh, gw))
+        tokens = x.flatten(2).transpose(1, 2) + pos
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(b, -1, -1) + self.pos_embed[:, :1], tokens], dim=1)
         tokens = self.pos_drop(tokens)
         for block in self.blocks:
-            tokens = self._run_block(block, tokens, (gh, gw))
+            tokens = self._run_block(block, tokens, (gh, gw), valid if masked else None)
         tokens = self.norm(tokens)[:, self.num_extra_tokens:]
-        return tokens.transpose(1, 2).reshape(b, c, gh, gw)
+        x = tokens.transpose(1, 2).reshape(b, c, gh, gw)
+        return (valid.zero_outside(x), valid) if masked else (x, None)
 
 
 @MODELS.register_module()
@@ -83,9 +106,13 @@ class SOFT(BaseModule):
             ``conv_sizes`` (3: the V-conv kernels of stages 1-3) and ``mlp_ratio``.
         sym_norm: SOFT-Norm (True) or plain SOFT (False).
         in_channels: input image channels.
-        out_indices: stages (0-3) whose maps are returned, NCHW.
+        out_indices: stages (0-3) whose maps are returned, NCHW, in stage order. Stages after ``max(out_indices)``
+            are neither built nor run (e.g. ``(0, 1, 2)`` for a 3-level FPN: no stage-4 parameters, which would get
+            no gradient and stop DDP without ``find_unused_parameters``); a checkpoint that has them loads, its extra
+            keys reported.
         frozen_stages: -1 freezes nothing; 0 freezes the stem (stage 1's patch and position
-            embedding); k >= 1 freezes the stem and stages 1..k. Frozen parts stay in eval mode.
+            embedding); k >= 1 freezes the stem and stages 1..k (those that are built). Frozen parts stay in eval
+            mode.
         norm_eval: keep BatchNorm layers (stem/downsamplers) in eval mode while training.
         with_cp: activation checkpointing of every block (less memory, slower).
         drop_rate: dropout after position embeddings and in MLPs.
@@ -100,13 +127,27 @@ class SOFT(BaseModule):
         with_cls_token: keep the reference models' stage-4 class token (and its position slot): stage 4's softmax
             attention then runs over it and the patch tokens, exactly as in the ImageNet models, so converted
             checkpoints compute the reference function. False (the default, as mmdet's PVT) drops it: a
-            different stage-4 function for the same weights.
+            different stage-4 function for the same weights. No effect when stage 4 is not built.
+        mask_zero_padding: compute every image of a batch as it would be computed alone, whatever padding its batch
+            mates force (default True). mmdet's / mmseg's data preprocessors zero-pad images at the bottom / right
+            after normalisation, so each image's trailing rows and columns that are exactly 0 in every channel are
+            taken as padding: they take no part in the convolutions, the position embedding, the landmarks, the
+            kernel sums and the attention, and the output maps are 0 there. A batch without such rows or columns
+            runs the unmasked computation unchanged. Costs one pass over the input and a host synchronisation per
+            forward; False turns it off (e.g. for inputs whose real content ends in exactly-zero rows).
         pretrain_img_size: image size the position embeddings were learned at (224 on ImageNet).
-        norm_cfg: norm of the convolutional patch embeddings (BN; SyncBN for multi-GPU).
+        norm_cfg: norm of the convolutional patch embeddings (BN; SyncBN for multi-GPU). With padding masking,
+            training-mode BatchNorm takes its statistics over the images' valid positions only.
+        pretrained: deprecated (mmseg's legacy ``model.pretrained``): a checkpoint path, the same as
+            ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``. Give one of the two, not both.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
 
-    Inputs of any size work: the image is zero-padded to a multiple of 32 (``pad_divisor``) and each output is
-    cropped back to ``ceil(size / stride)``, the size a ResNet would give.
+    Inputs of any size work; stage ``i``'s map is ``ceil(H / s_i) x ceil(W / s_i)`` (strides 4, 8, 16, 32), the size a
+    ResNet gives. The input is not padded: a SOFT stage whose token grid does not divide by its ``sr_ratio`` pads
+    only its query map (by less than ``sr_ratio`` cells) for the landmark convolution.
+
+    ``torch.jit.script`` is not supported (raises, naming alternatives); a ``torch.jit.trace`` is valid for the
+    traced input size only, does not mask padding, and raises at run time for other sizes.
     """
 
     arch_zoo = {
@@ -124,9 +165,10 @@ class SOFT(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  newton_iters: int = 20, attn_impl: str = "auto", landmark_solver: str = "newton",
-                 with_cls_token: bool = False, pretrain_img_size: int = 224,
-                 norm_cfg: dict | None = None, init_cfg: dict | list | None = None) -> None:
-        super().__init__(init_cfg=init_cfg)
+                 with_cls_token: bool = False, mask_zero_padding: bool = True, pretrain_img_size: int = 224,
+                 norm_cfg: dict | None = None, pretrained: str | None = None,
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg=self._legacy_pretrained(pretrained, init_cfg))
         self.arch_settings = self._parse_arch(arch)
         self.out_indices = self._parse_out_indices(out_indices)
         if not -1 <= frozen_stages <= NUM_STAGES:
@@ -140,18 +182,17 @@ class SOFT(BaseModule):
         self.with_cp = with_cp
         self.in_channels = in_channels
         self.with_cls_token = with_cls_token
-        # Inputs are padded so that every stage's grid is exact and every SOFT stage's grid divides
-        # by its landmark stride: 32 for the published sr_ratios (8, 4, 2 at strides 4, 8, 16).
-        self.pad_divisor = math.lcm(STAGE_STRIDES[-1], *(STAGE_STRIDES[i] * self.arch_settings["sr_ratios"][i]
-                                                         for i in range(NUM_STAGES - 1)))
+        self.mask_zero_padding = mask_zero_padding
 
         s = self.arch_settings
         self.embed_dims = list(s["embed_dims"])
         depths = s["depths"]
+        # Drop-path rates over the whole architecture, so that a truncated backbone keeps the rates of its stages.
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.num_stages = max(self.out_indices) + 1
         self.stages = nn.ModuleList()
         prev_channels = in_channels
-        for i in range(NUM_STAGES):
+        for i in range(self.num_stages):
             dims, heads, sr = s["embed_dims"][i], s["num_heads"][i], s["sr_ratios"][i]
             rates = dpr[sum(depths[:i]):sum(depths[:i + 1])]
             if i < NUM_STAGES - 1:
@@ -200,14 +241,31 @@ class SOFT(BaseModule):
         return settings
 
     @staticmethod
+    def _legacy_pretrained(pretrained: str | None, init_cfg: dict | list | None) -> dict | list | None:
+        """mmseg's legacy ``pretrained=PATH`` (its EncoderDecoder passes ``model.pretrained`` to the backbone) as
+        ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, with a deprecation warning."""
+        if pretrained is None:
+            return init_cfg
+        if not isinstance(pretrained, str):
+            raise TypeError(f"pretrained must be a checkpoint path (str) or None, got {type(pretrained).__name__}")
+        if init_cfg is not None:
+            raise ValueError(f"SOFT got both pretrained={pretrained!r} and init_cfg={init_cfg}; keep only init_cfg "
+                             "(in an mmseg config: set model.pretrained=None), or drop init_cfg to load pretrained")
+        warnings.warn(f"SOFT(pretrained={pretrained!r}) is deprecated; use init_cfg=dict(type='Pretrained', "
+                      f"checkpoint={pretrained!r}) (in an mmseg config: model.pretrained=None and "
+                      "model.backbone.init_cfg=...)", FutureWarning, stacklevel=3)
+        return dict(type="Pretrained", checkpoint=pretrained)
+
+    @staticmethod
     def _parse_out_indices(out_indices: Sequence[int] | int) -> tuple[int, ...]:
+        """The out indices in stage order, without repeats: the order the maps are returned in (as mmdet's ResNet)."""
         if isinstance(out_indices, int):
             out_indices = (out_indices,)
         out = tuple(out_indices)
         bad = [i for i in out if not isinstance(i, int) or not 0 <= i < NUM_STAGES]
         if bad or not out:
             raise ValueError(f"out_indices must be non-empty stage indices in [0, {NUM_STAGES - 1}], got {out}")
-        return out
+        return tuple(sorted(set(out)))
 
     # ------------------------------------------------------------------ training-mode behaviour
     def _freeze_stages(self) -> None:
@@ -215,7 +273,7 @@ class SOFT(BaseModule):
             return
         frozen: list[nn.Module] = [self.stages[0].patch_embed]
         frozen_params = [self.stages[0].pos_embed]
-        for i in range(self.frozen_stages):
+        for i in range(min(self.frozen_stages, self.num_stages)):
             frozen.append(self.stages[i])
             frozen_params.append(self.stages[i].pos_embed)
         for module in frozen:
@@ -269,22 +327,71 @@ class SOFT(BaseModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Images ``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
+        """Images ``(B, in_channels, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index.
+
+        An empty batch (``B = 0``) gives empty maps of those shapes. With ``mask_zero_padding`` each image's trailing
+        all-zero rows and columns are masked (see the class docstring).
+        """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SOFT expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"SOFT expects a floating-point image tensor, got {x.dtype}; normalise the image first")
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.pad_divisor, (-w) % self.pad_divisor
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        if x.shape[0] == 0:
+            return self._empty_outputs(x)
+        valid = None
+        if torch.jit.is_tracing():
+            x = _guard_traced_size(x)
+        elif self.mask_zero_padding:
+            valid = ValidRegion.from_zero_padding(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            x, valid = stage(x, valid)
             if i in self.out_indices:
-                stride = STAGE_STRIDES[i]
-                outs.append(x[:, :, :math.ceil(h / stride), :math.ceil(w / stride)].contiguous())
+                outs.append(x.contiguous())
         return tuple(outs)
+
+    def _empty_outputs(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Zero-image outputs of the right shapes, attached (with zero gradient) to the trainable parameters so that a
+        backward through them, e.g. on a DDP rank with an empty batch, still reaches every parameter."""
+        h, w = x.shape[-2:]
+        outs = [x.new_zeros(0, self.embed_dims[i], math.ceil(h / STAGE_STRIDES[i]), math.ceil(w / STAGE_STRIDES[i]))
+                for i in self.out_indices]
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if torch.is_grad_enabled() and trainable:
+            anchor = torch.stack([p.sum() for p in trainable]).sum().to(x.dtype) * 0
+            outs = [out + anchor for out in outs]
+        return tuple(outs)
+
+    def __prepare_scriptable__(self) -> SOFT:
+        """Called by ``torch.jit.script``: SOFT cannot be scripted, say so instead of a TorchScript syntax error."""
+        raise RuntimeError("torch.jit.script does not support mmsoft.SOFT (its forward masks padding with Python-side "
+                           "sizes and runs custom autograd Functions / extension ops). Use torch.compile, or "
+                           "torch.jit.trace at one fixed input size (the trace is valid for that size only).")
+
+
+@torch.library.custom_op("mmsoft::traced_input_size_guard", mutates_args=())
+def traced_input_size_guard(images: Tensor, size: list[int]) -> Tensor:
+    """A copy of ``images``, after checking that their ``(H, W)`` is ``size``: the run-time size check that a
+    ``torch.jit.trace`` of SOFT records (an op the trace keeps, as its output feeds the network)."""
+    if list(images.shape[-2:]) != list(size):
+        raise RuntimeError(f"this torch.jit.trace of mmsoft.SOFT was traced with {size[0]}x{size[1]} inputs and is "
+                           f"valid for that size only, got {images.shape[-2]}x{images.shape[-1]}; trace it again for "
+                           "this size, or use torch.compile")
+    return images.clone()
+
+
+@traced_input_size_guard.register_fake
+def _(images: Tensor, size: list[int]) -> Tensor:
+    return torch.empty_like(images)
+
+
+def _guard_traced_size(x: Tensor) -> Tensor:
+    """Under ``torch.jit.trace``: ``x`` through :func:`traced_input_size_guard`, so that the trace raises for other
+    input sizes instead of computing with the traced sizes baked in; warns that the trace does not mask padding."""
+    h, w = (int(v) for v in x.shape[-2:])
+    warnings.warn(f"torch.jit.trace of mmsoft.SOFT: the trace is valid for {h}x{w} inputs only (it raises for other "
+                  "sizes) and does not mask zero padding (mask_zero_padding)", stacklevel=3)
+    return traced_input_size_guard(x, [h, w])
 
 
 # Also visible from the root registry, so that mmdet/mmseg configs with

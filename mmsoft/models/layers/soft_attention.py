@@ -1,11 +1,14 @@
 """SOFT attention as a module: projections, landmark convolution and the value convolution."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsoft.ops import soft_attention
 from mmsoft.ops.landmark_solvers import check_solver
+
+from .valid_region import ValidRegion
 
 
 class SOFTAttention(nn.Module):
@@ -15,7 +18,8 @@ class SOFTAttention(nn.Module):
         embed_dims: token channels C.
         num_heads: heads; ``C`` must divide evenly (the published models use head dim 32).
         sr_ratio: landmark stride s: an ``s x s`` stride-``s`` conv (shared by all heads) makes
-            ``(H/s)(W/s)`` landmarks from the query map. The token grid must be divisible by s.
+            ``ceil(H/s) ceil(W/s)`` landmarks from the query map (zero-padded at the bottom / right when the token
+            grid does not divide by s).
         conv_size: kernel of the depthwise (one kernel per head) conv on V added to the output.
         sym_norm: True for SOFT-Norm (symmetric normalisation of the pseudo-inverse).
         newton_iters: Newton-Schulz iterations of the pseudo-inverse.
@@ -47,27 +51,37 @@ class SOFTAttention(nn.Module):
         self.v_conv = nn.Conv2d(num_heads, num_heads, conv_size, padding=conv_size // 2, groups=num_heads,
                                 bias=False)
 
-    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        """Attend over tokens ``x (B, H*W, C)`` laid out on the grid ``hw_shape``."""
+    def forward(self, x: Tensor, hw_shape: tuple[int, int], valid: ValidRegion | None = None) -> Tensor:
+        """Attend over tokens ``x (B, H*W, C)`` laid out on the grid ``hw_shape``.
+
+        ``valid``: each image's valid part of the grid (a zero-padded batch). Tokens outside it take no part: their
+        queries and values are zeroed (so the landmark conv, ``A^T V`` and the value conv see the zeros of the image
+        alone) and landmarks whose cell holds no valid token are masked out of the landmark solve. Outputs at those
+        tokens are undefined.
+        """
         b, n, c = x.shape
         h, w = hw_shape
-        heads, d = self.num_heads, self.head_dims
-        if h % self.sr_ratio or w % self.sr_ratio:
-            raise ValueError(f"token grid {h}x{w} must be divisible by sr_ratio {self.sr_ratio}; "
-                             "the SOFT backbone pads its input to a multiple of 32 for this")
+        heads, d, sr = self.num_heads, self.head_dims, self.sr_ratio
         q = self.q(x).view(b, n, heads, d).transpose(1, 2) * d ** -0.25      # (B, heads, N, d)
         v = self.v(x).view(b, n, heads, d).transpose(1, 2)                   # (B, heads, N, d)
+        landmark_mask = None
+        if valid is not None:
+            tokens = valid.token_mask(x.device)[:, None, :, None]            # (B, 1, N, 1)
+            q = torch.where(tokens, q, torch.zeros((), dtype=q.dtype, device=q.device))
+            v = torch.where(tokens, v, torch.zeros((), dtype=v.dtype, device=v.device))
+            landmark_mask = valid.cell_mask(sr, x.device)[:, None]           # (B, 1, m)
 
         q_map = q.reshape(b * heads, h, w, d).permute(0, 3, 1, 2)            # (B*heads, d, H, W)
+        if h % sr or w % sr:  # partial cells at the bottom / right: their landmarks see zero queries beyond the grid
+            q_map = F.pad(q_map, (0, (-w) % sr, 0, (-h) % sr))
         landmarks = self.landmark_conv(q_map).flatten(2).transpose(1, 2)     # (B*heads, m, d)
         landmarks = F.gelu(self.landmark_norm(landmarks)).view(b, heads, -1, d)
 
         out = soft_attention(q, landmarks, v, sym_norm=self.sym_norm, num_iters=self.newton_iters,
-                             impl=self.attn_impl, solver=self.landmark_solver)
+                             impl=self.attn_impl, solver=self.landmark_solver, landmark_mask=landmark_mask)
 
         # One k x k kernel per head, shared by that head's d channels: channels go to the batch dim.
         v_map = v.permute(0, 3, 1, 2).reshape(b * d, heads, h, w)
         local = self.v_conv(v_map).view(b, d, heads, n).permute(0, 2, 3, 1)  # (B, heads, N, d)
         out = (out + local).transpose(1, 2).reshape(b, n, c)
         return self.proj(out)
-

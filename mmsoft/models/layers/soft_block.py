@@ -5,6 +5,7 @@ from mmcv.cnn.bricks import DropPath
 from torch import Tensor, nn
 
 from .soft_attention import SOFTAttention
+from .valid_region import ValidRegion
 
 
 class SOFTBlock(nn.Module):
@@ -25,7 +26,8 @@ class SOFTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        """Tokens ``(B, H*W, C)`` in, same shape out."""
-        x = self.norm1(x + self.drop_path(self.attn(x, hw_shape)))
+    def forward(self, x: Tensor, hw_shape: tuple[int, int], valid: ValidRegion | None = None) -> Tensor:
+        """Tokens ``(B, H*W, C)`` in, same shape out; ``valid``: each image's valid part of the grid, see
+        :meth:`SOFTAttention.forward`."""
+        x = self.norm1(x + self.drop_path(self.attn(x, hw_shape, valid)))
         return self.norm2(x + self.drop_path(self.mlp(x)))

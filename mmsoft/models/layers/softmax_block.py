@@ -1,9 +1,12 @@
 """The softmax-attention block of stage 4 (pre-norm, PVT style, full attention: sr_ratio 1)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor, nn
+
+from .valid_region import ValidRegion
 
 
 class SoftmaxAttention(nn.Module):
@@ -21,13 +24,15 @@ class SoftmaxAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop_rate)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Tokens ``(B, N, C)`` in, same shape out."""
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """Tokens ``(B, N, C)`` in, same shape out. ``key_mask (B, N)`` bool: only True tokens are attended to."""
         b, n, c = x.shape
         heads = self.num_heads
         q = self.q(x).view(b, n, heads, c // heads).transpose(1, 2)
         k, v = self.kv(x).view(b, n, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop_rate if self.training else 0.0)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.attn_drop_rate if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
@@ -45,7 +50,14 @@ class SoftmaxBlock(nn.Module):
                                  nn.Linear(hidden, embed_dims), nn.Dropout(drop_rate))
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        """Tokens ``(B, H*W, C)`` in, same shape out (``hw_shape`` unused: full attention)."""
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: Tensor, hw_shape: tuple[int, int], valid: ValidRegion | None = None) -> Tensor:
+        """Tokens ``(B, E + H*W, C)`` in (``E`` leading extra tokens, e.g. a class token), same shape out. Full
+        attention (``hw_shape`` unused); with ``valid`` (each image's valid part of the grid) only valid tokens and the
+        extra ones are attended to."""
+        key_mask = None
+        if valid is not None:
+            patches = valid.token_mask(x.device)
+            extra = x.shape[1] - patches.shape[1]
+            key_mask = torch.cat([patches.new_ones(patches.shape[0], extra), patches], 1) if extra else patches
+        x = x + self.drop_path(self.attn(self.norm1(x), key_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
