@@ -269,3 +269,16 @@ def test_torch_jit_trace_is_guarded_to_the_traced_size():
         assert all(torch.equal(a, b) for a, b in zip(traced(y), model(y)))
         with pytest.raises(RuntimeError, match="traced with 64x96 inputs and is valid for that size only, got 96x64"):
             traced(torch.randn(1, 3, 96, 64))
+
+
+def test_init_cfg_other_than_pretrained_is_applied():
+    """Any mmengine initialiser in init_cfg runs on top of the published init (it used to be ignored silently)."""
+    constant = SOFT(arch="tiny", init_cfg=dict(type="Constant", val=0.5, layer="Linear", bias=0.25))
+    constant.init_weights()
+    linears = [m for m in constant.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(torch.all(m.weight == 0.5) and torch.all(m.bias == 0.25) for m in linears)
+    as_list = SOFT(arch="tiny", init_cfg=[dict(type="Constant", val=0.0, layer="Conv2d")])
+    as_list.init_weights()
+    assert torch.all(as_list.stages[0].patch_embed[0].weight == 0)
+    with pytest.raises(ValueError, match="not inside a list"):
+        SOFT(arch="tiny", init_cfg=[dict(type="Pretrained", checkpoint="x.pth")]).init_weights()

@@ -33,10 +33,19 @@ def test_scoped_type_builds_from_downstream_registry(scope):
     assert type(model) is SOFT and model.out_indices == (3,)
 
 
-def test_unscoped_type_builds_after_custom_imports(scope):
-    from mmengine.utils import import_modules_from_strings
-    import_modules_from_strings(["mmsoft"])
-    model = downstream_models(scope).build(dict(type="SOFT", arch="tiny", sym_norm=False))
+def test_registered_only_in_mmsofts_child_registries(scope):
+    """As mmpretrain: mmsoft's modules live in its own children of MMEngine's roots, reached by the scope prefix."""
+    from mmengine.registry import MODEL_WRAPPERS as ROOT_WRAPPERS
+    from mmengine.registry import MODELS as ROOT_MODELS
+
+    from mmsoft.registry import MODEL_WRAPPERS, MODELS
+    from mmsoft.utils.dist_env import CPU_WRAPPER
+
+    assert "SOFT" in MODELS.module_dict and "SOFT" not in ROOT_MODELS.module_dict
+    assert CPU_WRAPPER in MODEL_WRAPPERS.module_dict and CPU_WRAPPER not in ROOT_WRAPPERS.module_dict
+    wrapper = ROOT_WRAPPERS.get(f"mmsoft.{CPU_WRAPPER}")  # what the Runner resolves from model_wrapper_cfg
+    assert wrapper is MODEL_WRAPPERS.get(CPU_WRAPPER)
+    model = downstream_models(scope).build(dict(type="mmsoft.SOFT", arch="tiny", sym_norm=False))
     assert type(model) is SOFT and model.sym_norm is False
 
 

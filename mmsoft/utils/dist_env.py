@@ -22,9 +22,10 @@ import torch.distributed as torch_dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
-from mmengine.registry import MODEL_WRAPPERS
 
-CPU_WRAPPER = "MMSoftCPUDistributedDataParallel"
+from mmsoft.registry import MODEL_WRAPPERS
+
+CPU_WRAPPER = "MMSoftCPUDistributedDataParallel"  # in mmsoft's MODEL_WRAPPERS: type='mmsoft.' + CPU_WRAPPER
 
 
 def _has_sync_bn(module: torch.nn.Module) -> bool:
@@ -83,7 +84,7 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     cfg.merge_from_dict({"env_cfg.dist_cfg.backend": "gloo"})
 
     if cfg.get("model_wrapper_cfg") is None:  # a wrapper the config chose explicitly is left alone
-        cfg.model_wrapper_cfg = dict(type=CPU_WRAPPER, broadcast_buffers=False,
+        cfg.model_wrapper_cfg = dict(type=f"mmsoft.{CPU_WRAPPER}", broadcast_buffers=False,
                                      find_unused_parameters=cfg.get("find_unused_parameters", False))
 
     if torch_dist.is_initialized():

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
-from mmengine.registry import MODELS as ROOT_MODELS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -298,16 +297,18 @@ class SOFT(BaseModule):
         """Random init as the published models (trunc-normal linears and position embeddings), or load
         ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None, strict=True)``: a reference SOFT (timm-style)
         or an mmsoft checkpoint, converted by :func:`soft_convert`, with position embeddings resized to this model;
-        see :func:`load_soft_pretrained` for what ``strict`` refuses."""
+        see :func:`load_soft_pretrained` for what ``strict`` refuses. Any other ``init_cfg`` (a dict or list of
+        mmengine initialisers, e.g. ``dict(type='Kaiming', layer='Conv2d')``) is applied by ``BaseModule`` on top of
+        the published init."""
         pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get("type") == "Pretrained"
         if pretrained:
             unknown = set(self.init_cfg) - {"type", "checkpoint", "prefix", "map_location", "strict"}
             if "checkpoint" not in self.init_cfg or unknown:
                 raise ValueError(f"SOFT init_cfg {self.init_cfg} must be dict(type='Pretrained', checkpoint=PATH) "
                                  f"with optional prefix, map_location and strict (unknown keys: {sorted(unknown)})")
-        elif isinstance(self.init_cfg, list):
-            super().init_weights()
-            return
+        elif isinstance(self.init_cfg, list) and any(c.get("type") == "Pretrained" for c in self.init_cfg):
+            raise ValueError("SOFT: give dict(type='Pretrained', checkpoint=...) as the whole init_cfg, not inside a "
+                             "list, so that mmsoft converts and checks the checkpoint")
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)
@@ -324,6 +325,8 @@ class SOFT(BaseModule):
             load_soft_pretrained(self, self.init_cfg["checkpoint"], prefix=self.init_cfg.get("prefix"),
                                  map_location=self.init_cfg.get("map_location") or "cpu",
                                  strict=self.init_cfg.get("strict", True))
+        elif self.init_cfg is not None:  # any other mmengine initialiser (Kaiming, Constant, ...) on top of it
+            super().init_weights()
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
@@ -392,10 +395,3 @@ def _guard_traced_size(x: Tensor) -> Tensor:
     warnings.warn(f"torch.jit.trace of mmsoft.SOFT: the trace is valid for {h}x{w} inputs only (it raises for other "
                   "sizes) and does not mask zero padding (mask_zero_padding)", stacklevel=3)
     return traced_input_size_guard(x, [h, w])
-
-
-# Also visible from the root registry, so that mmdet/mmseg configs with
-# ``custom_imports=dict(imports=['mmsoft'])`` can say ``type='SOFT'`` without the scope prefix
-# (an unscoped name is looked up in the caller's registry and then its ancestors).
-if "SOFT" not in ROOT_MODELS.module_dict:
-    ROOT_MODELS.register_module(module=SOFT)
