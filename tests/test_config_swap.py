@@ -14,8 +14,8 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import Runner
 
-from mmsoft.datasets import CLASSES, SEG_CLASSES, generate_demo_data
 from mmsoft.models import SOFT
+from mmsoft.testing import CLASSES, SEG_CLASSES, generate_demo_data
 from mmsoft.utils import check_backbone_channels, prepare_scope
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ from helpers.demo_checkpoints import train_demo
 from mmengine.optim import OptimWrapper
 from torch import nn
 
-from mmsoft.datasets import generate_demo_data
 from mmsoft.registry import OPTIM_WRAPPERS
+from mmsoft.testing import generate_demo_data
 from mmsoft.utils.cpu_amp import CPUAmpOptimWrapper
 
 

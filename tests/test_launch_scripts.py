@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.run_configs import HELPERS, ROOT, free_port, retinanet_test_config, run_logged, subprocess_env
 
-from mmsoft.datasets import generate_demo_data
+from mmsoft.testing import generate_demo_data
 
 pytestmark = pytest.mark.slow
 

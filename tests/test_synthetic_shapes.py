@@ -1,4 +1,4 @@
-"""Tests of the synthetic shapes demo data generator (mmsoft.datasets.synthetic_shapes)."""
+"""Tests of the synthetic shapes demo data generator (mmsoft.testing.synthetic_shapes)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mmsoft.datasets import CLASSES, generate_demo_data, polygon_to_mask
-from mmsoft.datasets.synthetic_shapes import CLASS_HUE_RANGES, GENERATOR_VERSION
+from mmsoft.testing import CLASSES, generate_demo_data, polygon_to_mask
+from mmsoft.testing.synthetic_shapes import CLASS_HUE_RANGES, GENERATOR_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL, SIZE = 8, 4, 128

@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmsoft.datasets import generate_demo_data
+from mmsoft.testing import generate_demo_data
 from mmsoft.utils import prepare_scope
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 from helpers.run_configs import PYTHON, ROOT, free_port, retinanet_test_config, run_logged, subprocess_env
 from mmengine.config import Config
 
-from mmsoft.datasets import generate_demo_data
+from mmsoft.testing import generate_demo_data
 
 pytestmark = pytest.mark.slow
 

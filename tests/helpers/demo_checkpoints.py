@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers.run_configs import PYTHON, ROOT, run_logged
 
-from mmsoft.datasets import generate_demo_data
+from mmsoft.testing import generate_demo_data
 
 DET_CONFIG = ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"
 SEG_CONFIG = ROOT / "configs/demo/upernet_soft-t-norm_demo.py"

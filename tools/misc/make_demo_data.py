@@ -5,56 +5,40 @@ Example::
 
     python tools/misc/make_demo_data.py --out data/demo --seed 0
 
-The generator module is loaded straight from this checkout's ``mmsoft/datasets/synthetic_shapes.py``
-(it needs only numpy and Pillow), so this works without importing torch or the OpenMMLab stack.
+The generator is ``mmsoft.testing.synthetic_shapes``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
-from pathlib import Path
-from types import ModuleType
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODULE_PATH = REPO_ROOT / "mmsoft" / "datasets" / "synthetic_shapes.py"
+from mmsoft.testing import synthetic_shapes
 
 
-def load_generator() -> ModuleType:
-    """Import ``mmsoft/datasets/synthetic_shapes.py`` by path, without running ``mmsoft/__init__``."""
-    spec = importlib.util.spec_from_file_location("_mmsoft_synthetic_shapes", MODULE_PATH)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {MODULE_PATH}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def parse_args(gen: ModuleType, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line (defaults come from the generator module ``gen``)."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (defaults come from the generator module)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/demo", help="output root (default: data/demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--num-train", type=int, default=gen.DEFAULT_NUM_TRAIN,
-                        help=f"training images (default: {gen.DEFAULT_NUM_TRAIN})")
-    parser.add_argument("--num-val", type=int, default=gen.DEFAULT_NUM_VAL,
-                        help=f"validation images (default: {gen.DEFAULT_NUM_VAL})")
-    parser.add_argument("--size", type=int, default=gen.DEFAULT_SIZE,
-                        help=f"image side in pixels (default: {gen.DEFAULT_SIZE})")
+    parser.add_argument("--num-train", type=int, default=synthetic_shapes.DEFAULT_NUM_TRAIN,
+                        help=f"training images (default: {synthetic_shapes.DEFAULT_NUM_TRAIN})")
+    parser.add_argument("--num-val", type=int, default=synthetic_shapes.DEFAULT_NUM_VAL,
+                        help=f"validation images (default: {synthetic_shapes.DEFAULT_NUM_VAL})")
+    parser.add_argument("--size", type=int, default=synthetic_shapes.DEFAULT_SIZE,
+                        help=f"image side in pixels (default: {synthetic_shapes.DEFAULT_SIZE})")
     parser.add_argument("--force", action="store_true", help="regenerate even if OUT/meta.json matches")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Generate (or skip) the demo data and print where it is."""
-    gen = load_generator()
-    args = parse_args(gen, argv)
+    args = parse_args(argv)
     start = time.perf_counter()
     try:
-        result = gen.generate_demo_data(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                                        size=args.size, force=args.force, verbose=True)
+        result = synthetic_shapes.generate_demo_data(args.out, seed=args.seed, num_train=args.num_train,
+                                                     num_val=args.num_val, size=args.size, force=args.force,
+                                                     verbose=True)
     except (FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

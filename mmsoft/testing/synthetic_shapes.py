@@ -64,6 +64,7 @@ PALETTE = [(220, 60, 40), (60, 180, 75), (50, 100, 220)]
 SEG_PALETTE = [(0, 0, 0)] + PALETTE
 #: Bump whenever the output for given arguments changes; stored in ``meta.json``.
 GENERATOR_VERSION = 1
+_FORMER_NAME = "mmsoft.datasets.synthetic_shapes"
 
 DEFAULT_NUM_TRAIN = 400
 DEFAULT_NUM_VAL = 80
@@ -237,7 +238,7 @@ def demo_data_paths(out_dir: PathLike) -> dict[str, str]:
 def _meta(seed: int, num_train: int, num_val: int, size: int) -> dict[str, Any]:
     """Return the meta.json content identifying one generation."""
     return {
-        "generator": "mmsoft.datasets.synthetic_shapes",
+        "generator": "mmsoft.testing.synthetic_shapes",
         "version": GENERATOR_VERSION,
         "seed": seed,
         "num_train": num_train,
@@ -322,7 +323,8 @@ def generate_demo_data(out_dir: PathLike, seed: int = 0, num_train: int = DEFAUL
             print(f"demo data in {root} already matches {meta_file.name} (seed={seed}, num_train={num_train}, "
                   f"num_val={num_val}, size={size}); skipping (use --force to regenerate)")
         return {**paths, "skipped": True, "meta": meta}
-    ours = isinstance(old_meta, dict) and old_meta.get("generator") == meta["generator"]
+    # data written before the module moved from mmsoft.datasets is ours too (regenerated, identical pictures)
+    ours = isinstance(old_meta, dict) and old_meta.get("generator") in (meta["generator"], _FORMER_NAME)
     managed = [root / "coco", root / "ade"]
     if not force and not ours and any(p.exists() for p in managed):
         raise FileExistsError(f"{root} holds coco/ or ade/ that this generator did not write (no matching "

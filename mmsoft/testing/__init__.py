@@ -1,4 +1,5 @@
-"""Dataset helpers of mmsoft (no mmdet/mmseg imports here): the synthetic shapes demo data generator."""
+"""Test and demo helpers of mmsoft, as mmdet keeps them in ``mmdet.testing``: the synthetic shapes demo data
+generator (numpy and Pillow only)."""
 from .synthetic_shapes import (
     CLASSES,
     GENERATOR_VERSION,
