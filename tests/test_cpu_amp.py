@@ -18,8 +18,9 @@ from mmsoft.utils.cpu_amp import CPUAmpOptimWrapper
 
 def _wrapper(**kwargs) -> CPUAmpOptimWrapper:
     model = nn.Linear(4, 3)
-    return OPTIM_WRAPPERS.build(dict(type="CPUAmpOptimWrapper", optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                     **kwargs)), model
+    # scoped: other tests leave mmdet / mmseg as MMEngine's default scope
+    return OPTIM_WRAPPERS.build(dict(type="mmsoft.CPUAmpOptimWrapper",
+                                     optimizer=torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)), model
 
 
 def test_forward_runs_in_bfloat16_and_parameters_stay_float32():
