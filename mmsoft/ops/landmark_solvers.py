@@ -11,7 +11,7 @@ is small, shared by one image's heads). The residual then squares each step: ``I
 Every ``V_k`` is a polynomial in the symmetric ``Ah``, so ``V_k = f_k(Ah)`` with, per eigenvalue ``lam``,
 ``f_k(lam) = (1 - (1 - alpha lam^2)^(2^k)) / lam``: ``1 / lam`` for the eigenvalues the iteration has resolved
 (``alpha lam^2 2^k >> 1``), ``2^k alpha lam`` (damped, not inverted) for the small ones. After ``h`` halvings the
-threshold ``1 / sqrt(2^k alpha)`` is ``r / 2^((21 - h) / 2)`` for 20 steps; on realistic activations ``h`` is 6-8,
+threshold ``1 / sqrt(2^k alpha)`` is ``r / 2^((21 - h) / 2)`` for 20 steps; on realistic activations ``h`` is 7-8,
 so only eigenvalues above about ``r / 100`` are inverted while the landmark kernel's spectrum reaches far below:
 the published models compute this spectral filter, not ``Ah^-1``, and the start decides which filter.
 
