@@ -15,5 +15,5 @@ $PY tools/train.py "$CONFIG" --work-dir "$WORK"
 echo "[quickstart] training + evaluation took $(( $(date +%s) - start )) s"
 CKPT=$(cat "$WORK/last_checkpoint")
 $PY tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK/test" | tee "$WORK/test.log" | grep -E "bbox_mAP|Average Precision" || true
-$PY tools/demo/image_demo.py data/demo/coco/val/000000.png data/demo/coco/val/000001.png "$CONFIG" "$CKPT" \
+$PY tools/demo/image_demo.py data/demo/coco/val/000000.png data/demo/coco/val/000001.png "$CONFIG" "$CKPT" --show-gt \
   --out-dir "$WORK/vis"
