@@ -33,8 +33,10 @@ Certificate, per matrix on the device: an estimate of the relative spectral-norm
 measured error (``tests/ops/test_newton_lowrank.py``) and on the realistic kernels above exceeds it by orders of
 magnitude. A matrix whose estimate exceeds ``tolerance`` (default 1e-5) or is not finite is evaluated as
 ``P x = U (f(L) * (U^T x))`` by the float64 ``eigh`` of ``'newton_eigh'``. Eagerly only the failing matrices are
-decomposed (one host read of the mask: free on the CPU, a sync on CUDA); under ``torch.compile`` a ``torch.cond``
-decomposes all of the call's matrices when any fails, so it traces with ``fullgraph=True``. Non-finite matrices get a
+decomposed (one host read of the mask: free on the CPU, a sync on CUDA), and when every matrix of a call shows a
+flat spectrum already in the float32 iterate (``LOWRANK_EARLY_REJECT``) the float64 steps are skipped: the attempt then
+costs ~5-10 % of the eigendecomposition. Under ``torch.compile`` a ``torch.cond`` decomposes all of the call's matrices
+when any fails, so it traces with ``fullgraph=True``. Non-finite matrices get a
 NaN ``P`` (as ``'newton'``), their batch mates along the first dim too (they share ``alpha``).
 """
 from __future__ import annotations
@@ -49,8 +51,11 @@ from . import landmark_solvers, reference
 
 #: Columns of the subspace ``Q``.
 LOWRANK_RANK = 64
-#: Float32 subspace-iteration steps before the float64 one.
+#: Float32 subspace-iteration steps before the float64 one (at least 1).
 LOWRANK_POWER_ITERS = 2
+#: Eagerly, when ``|Pi Ah Pi|_F / lam*`` of the float32 iterate exceeds this for every matrix of a call, the float64
+#: steps are skipped and the eigendecomposition taken at once (certification needs ~0.02; a flat spectrum gives >> 1).
+LOWRANK_EARLY_REJECT = 1.0
 #: Largest accepted error estimate of the low-rank ``P`` (relative, spectral norm); above it the matrix is
 #: evaluated through its eigendecomposition.
 LOWRANK_TOLERANCE = 1e-5
@@ -65,17 +70,25 @@ def _orthonormal(y: Tensor) -> Tensor:
     return torch.linalg.qr(y).Q
 
 
-def dominant_subspace(mat: Tensor, mat64: Tensor, rank: int, power_iters: int) -> Tensor:
-    """Float64 orthonormal ``Q (..., m, s)``, ``s = min(rank, m)``, spanning the dominant eigenvectors of the
-    symmetric ``mat (..., m, m)``: subspace iteration from ``s`` evenly spaced columns of ``mat``, ``power_iters``
-    steps in ``mat``'s dtype, then one in float64 (``mat64`` is ``mat`` in float64)."""
+def subspace_iteration(mat: Tensor, rank: int, power_iters: int) -> tuple[Tensor, Tensor]:
+    """``(Q, mat Q)`` after ``power_iters >= 1`` steps of subspace iteration in ``mat``'s dtype for the symmetric
+    ``mat (..., m, m)``, from ``s = min(rank, m)`` evenly spaced columns of ``mat``: ``Q (..., m, s)`` orthonormal."""
     m = mat.shape[-1]
-    s = min(rank, m)
-    cols = torch.linspace(0, m - 1, s, device=mat.device).round().long()
-    y = mat[..., cols]
-    for _ in range(power_iters):
-        y = mat @ _orthonormal(y)
-    return _orthonormal(mat64 @ _orthonormal(y.to(torch.float64)))
+    cols = torch.linspace(0, m - 1, min(rank, m), device=mat.device).round().long()
+    q = _orthonormal(mat[..., cols])
+    y = mat @ q
+    for _ in range(power_iters - 1):
+        q = _orthonormal(y)
+        y = mat @ q
+    return q, y
+
+
+def _tail(mat_norm_sq: Tensor, aq: Tensor, q: Tensor) -> Tensor:
+    """``|Pi Ah Pi|_F`` (float64, ``(...)``) for orthonormal ``q``, ``aq = Ah q`` and ``mat_norm_sq = |Ah|_F^2``."""
+    norm = torch.linalg.matrix_norm
+    aq = aq.to(torch.float64)
+    return (mat_norm_sq - 2 * norm(aq).square() + norm(q.to(torch.float64).transpose(-1, -2) @ aq).square()).clamp_min(
+        0).sqrt()
 
 
 def newton_series(t: Tensor, alpha: Tensor, num_iters: int) -> Tensor:
@@ -97,10 +110,11 @@ class LowrankFactors(NamedTuple):
     """``P x = Q f(T) Q^T x + R W Q^T x + Q W R^T x + c Pi Ah Pi x`` for the certified matrices (``Pi = I - Q Q^T``),
     ``P x = U (f * (U^T x))`` where ``exact``."""
 
-    q: Tensor                #: (..., m, s) orthonormal basis of the dominant subspace (float64)
-    ft: Tensor               #: (..., s, s) f(T) (float64)
-    w: Tensor                #: (..., s, s) W = f(T) T^-1, the coupling weights (float64)
-    r: Tensor                #: (..., m, s) the residual R = Ah Q - Q T (float64)
+    q: Tensor | None         #: (..., m, s) orthonormal basis of the dominant subspace (float64); None (also ``ft``,
+                             #: ``w``, ``r``) when every matrix takes the eigendecomposition
+    ft: Tensor | None        #: (..., s, s) f(T) (float64)
+    w: Tensor | None         #: (..., s, s) W = f(T) T^-1, the coupling weights (float64)
+    r: Tensor | None         #: (..., m, s) the residual R = Ah Q - Q T (float64)
     c: Tensor                #: (..., 1, 1) 2^K alpha (float64)
     exact: Tensor            #: (...) bool: the matrix failed the certificate and is evaluated by ``eigvecs``, ``filt``
     eigvecs: Tensor | None   #: (..., m, m) its eigenvectors U (0 for the others); None when no matrix failed
@@ -108,12 +122,17 @@ class LowrankFactors(NamedTuple):
 
 
 def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
-                    power_iters: int = LOWRANK_POWER_ITERS) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    power_iters: int = LOWRANK_POWER_ITERS,
+                    iterate: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(Q, f(T), W, R, err)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the ``num_iters``-step
     Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64) with start
     ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of ``P`` (see
-    the module docstring; NaN or inf for a non-finite ``mat``)."""
-    q = dominant_subspace(mat, mat64, rank, power_iters)
+    the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s result when
+    already computed."""
+    if power_iters < 1:
+        raise ValueError(f"power_iters must be >= 1, got {power_iters}")
+    _, y = iterate if iterate is not None else subspace_iteration(mat, rank, power_iters)
+    q = _orthonormal(mat64 @ _orthonormal(y.to(torch.float64)))  # the float64 step
     aq = mat64 @ q
     t = q.transpose(-1, -2) @ aq
     t = (t + t.transpose(-1, -2)) / 2
@@ -125,8 +144,8 @@ def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, r
 
     lam_star = (math.ldexp(1.0, num_iters) * alpha[..., 0, 0]).rsqrt()
     norm = torch.linalg.matrix_norm
-    if q.shape[-1] < mat.shape[-1]:  # |Pi Ah Pi|_F
-        tail = (norm(mat64).square() - 2 * norm(aq).square() + norm(t).square()).clamp_min(0).sqrt() / lam_star
+    if q.shape[-1] < mat.shape[-1]:
+        tail = _tail(norm(mat64).square(), aq, q) / lam_star
     else:
         tail = torch.zeros_like(lam_star)  # Q spans everything
     resid = norm(r) / lam_star
@@ -156,7 +175,16 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
     (:func:`mmsoft.ops.reference.newton_alpha`). Eagerly one host read of the certificate; none under
     ``torch.compile`` (``torch.cond``)."""
     alpha = reference.newton_alpha(mat64)
-    q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters)
+    c = math.ldexp(1.0, num_iters) * alpha
+    iterate = subspace_iteration(mat, rank, power_iters)
+    eager = not torch.compiler.is_compiling() and mat.device.type != "meta"
+    if eager and iterate[0].shape[-1] < mat.shape[-1] and mat64.shape[:-2].numel() > 0:
+        # A flat spectrum shows already in the float32 iterate: skip the float64 steps when no matrix can pass.
+        early = _tail(torch.linalg.matrix_norm(mat64).square(), iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
+        if not (early <= LOWRANK_EARLY_REJECT).any():
+            eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
+            return LowrankFactors(None, None, None, None, c, torch.ones_like(early, dtype=torch.bool), eigvecs, filt)
+    q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate)
     exact = ~(err <= tolerance)  # NaN estimates (non-finite input) fail too
     eigvecs = filt = None
     if torch.compiler.is_compiling():
@@ -168,15 +196,20 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
             return torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
 
         eigvecs, filt = torch.cond(exact.any(), all_exact, none_exact, (mat64, alpha, exact))
+    elif mat.device.type != "meta" and exact.all():  # flat spectra: no gather / scatter copies of m x m matrices
+        eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
     elif mat.device.type != "meta" and exact.any():
         eigvecs, filt = torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
         eigvecs[exact], filt[exact] = eigh_factors(mat64[exact], alpha.expand(exact.shape + (1, 1))[exact], num_iters)
-    return LowrankFactors(q, ft, w, r, math.ldexp(1.0, num_iters) * alpha, exact, eigvecs, filt)
+    return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt)
 
 
 def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> Tensor:
     """``P x`` (float64) for ``x (..., m, c)`` from :func:`newton_lowrank_factors` of ``mat64``."""
     x = x.to(torch.float64)
+    if factors.q is None:  # every matrix took the eigendecomposition
+        vecs = factors.eigvecs.to(torch.float64)
+        return vecs @ (factors.filt.to(torch.float64).unsqueeze(-1) * (vecs.transpose(-1, -2) @ x))
     q, r = factors.q, factors.r
     qx, rx = q.transpose(-1, -2) @ x, r.transpose(-1, -2) @ x
     tail = mat64 @ (x - q @ qx)

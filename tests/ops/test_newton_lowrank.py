@@ -78,6 +78,9 @@ def test_flat_spectrum_falls_back_per_matrix(small_rank):
     assert rel(out, newton_exact(k, x)) < 1e-9
     for i in range(2):  # each image as computed alone
         assert rel(out[i], landmark_solve(k[i:i + 1], x[i:i + 1], solver="newton_lowrank")[0]) < 1e-12
+    # all flat: rejected from the float32 iterate, the float64 low-rank steps are skipped
+    flat = factors_of(k[1:], rank=24)
+    assert flat.exact.all() and flat.q is None
 
 
 @pytest.mark.parametrize("scale", [0.15, 0.3, 0.6])
