@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mmsoft.ops.landmark_solvers import SOLVERS
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("benchmark_backbone", ROOT / "tools/analysis/benchmark_backbone.py")
 bb = importlib.util.module_from_spec(_spec)
@@ -50,7 +52,7 @@ def test_accuracy_table_reports_both_references():
     assert lines[-1] == "| newton_eigh | 4e-06 | 1e-06 | 3e-06 | 7e-07 |"
 
 
-@pytest.mark.parametrize("solver", ["newton", "newton_eigh", "newton_thin", "cholesky"])
+@pytest.mark.parametrize("solver", SOLVERS)
 def test_solver_timer_sees_every_solver(solver):
     import torch
 

@@ -30,6 +30,8 @@ Handle = Callable[[list, list], "int | Counter[str]"]
 NEWTON_PINV_OP = "prim::PythonOp._NewtonPinv"
 NEWTON_THIN_OP = "prim::PythonOp._NewtonThinApply"
 NEWTON_EIGH_OP = "prim::PythonOp._NewtonEighApply"
+#: ``'newton_lowrank'`` (see :mod:`mmsoft.ops.newton_lowrank`).
+NEWTON_LOWRANK_OP = "prim::PythonOp._NewtonLowrankApply"
 
 
 def kernel_product_flops(n: int, m: int, d: int, c: int) -> int:
@@ -53,6 +55,17 @@ def newton_eigh_flops(m: int, c: int) -> int:
     Van Loan's ``9 m^3`` flops (tridiagonal QR with vectors) = ``4.5 m^3`` multiply-adds whatever LAPACK's driver
     really does, plus ``U (f * (U^T x))``. Independent of the iteration count."""
     return 9 * m ** 3 // 2 + 2 * m * m * c
+
+
+def newton_lowrank_flops(m: int, c: int, num_iters: int, rank: int, power_iters: int) -> int:
+    """MACs of ``'newton_lowrank'`` on an ``m x c`` right-hand side where the rank ``s = min(rank, m)`` is certified:
+    ``power_iters + 2`` products ``Ah Q`` (``m^2 s``) and Householder QRs with their ``Q`` (``2 m s^2``), ``T``, the
+    residual ``R`` and ``R (W - c I)`` (``3 m s^2``), the series (``2 num_iters + 2`` products of ``s x s``), then
+    ``P x`` (``Ah x``: ``m^2 c``, the thin products ``7 m s c + 3 s^2 c``). A matrix that fails the certificate also
+    costs an eigendecomposition, which a trace does not show (see :func:`newton_eigh_flops`)."""
+    s = min(rank, m)
+    return ((power_iters + 2) * (m * m * s + 2 * m * s * s) + 3 * m * s * s + (2 * num_iters + 2) * s ** 3
+            + m * m * c + 7 * m * s * c + 3 * s * s * c)
 
 
 def soft_attention_flops(n: int, m: int, d: int, c: int | None = None, num_iters: int = 20,
@@ -105,6 +118,17 @@ def _newton_eigh_handle(inputs: list, outputs: list) -> Counter[str]:
     return Counter(newton_eigh=prod(mat[:-2]) * newton_eigh_flops(mat[-1], rhs[-1]))
 
 
+def _newton_lowrank_handle(num_iters: int | None) -> Handle:
+    def handle(inputs: list, outputs: list) -> Counter[str]:
+        from .newton_lowrank import LOWRANK_POWER_ITERS, LOWRANK_RANK
+
+        mat, rhs = _shape(inputs[0]), _shape(inputs[1])
+        flops = newton_lowrank_flops(mat[-1], rhs[-1], _iterations(num_iters, outputs), LOWRANK_RANK,
+                                     LOWRANK_POWER_ITERS)
+        return Counter(newton_lowrank=prod(mat[:-2]) * flops)
+    return handle
+
+
 def _cholesky_handle(inputs: list, outputs: list) -> Counter[str]:
     # linalg_cholesky_ex(A (..., m, m)): m^3 / 3 flops = m^3 / 6 multiply-adds
     mat = _shape(inputs[0])
@@ -141,6 +165,7 @@ def soft_flop_handles(newton_iters: int | None = None) -> dict[str, Handle]:
         NEWTON_PINV_OP: _newton_pinv_handle(newton_iters),
         NEWTON_THIN_OP: _newton_thin_handle(newton_iters),
         NEWTON_EIGH_OP: _newton_eigh_handle,
+        NEWTON_LOWRANK_OP: _newton_lowrank_handle(newton_iters),
         "aten::linalg_cholesky_ex": _cholesky_handle,
         "aten::cholesky_solve": _cholesky_solve_handle,
         "aten::baddbmm": _baddbmm_handle,

@@ -49,10 +49,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import reference
+from . import newton_lowrank, reference
 
 #: Names accepted by ``soft_attention(..., solver=...)`` and the backbone's ``landmark_solver``.
-SOLVERS = ("newton", "newton_eigh", "newton_thin", "cholesky")
+SOLVERS = ("newton", "newton_eigh", "newton_thin", "cholesky", "newton_lowrank")
 #: Ridge of the ``'cholesky'`` solver, relative to the diagonal of the landmark kernel.
 CHOLESKY_EPS = 1e-6
 
@@ -292,6 +292,8 @@ def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, sol
                 y = _NewtonEighApply.apply(kernel, x, num_iters)
             elif solver == "newton_thin":
                 y = _NewtonThinApply.apply(kernel, x, num_iters)
+            elif solver == "newton_lowrank":
+                y = newton_lowrank.newton_lowrank_apply(kernel, x, num_iters)
             else:
                 y = ridge_cholesky_solve(kernel, x).to(dtype)
             y = d_inv_sqrt * y if d_inv_sqrt is not None else y

@@ -20,8 +20,9 @@ initialisation; a warm-up at full size would double the cost of minute-long CPU 
   * CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated before the timed runs.
 Landmark-solver share ("solver %"): wall time spent inside the landmark solver (the Newton-Schulz iterations for
 ``newton``, the float64 eigendecomposition and filter for ``newton_eigh``, the residual form applied to the
-right-hand side for ``newton_thin``, the float64 Cholesky factorisation + solves for ``cholesky``; with
-forward+backward also ``newton_thin``'s backward recomputation, not the cheap closed-form backward products) over
+right-hand side for ``newton_thin``, the float64 Cholesky factorisation + solves for ``cholesky``, the low-rank
+factors with any fallback eigendecompositions for ``newton_lowrank``; with forward+backward also ``newton_thin``'s
+backward recomputation, not the cheap closed-form backward products) over
 the run's wall time, measured by timing those calls (``torch.cuda.synchronize`` around them on CUDA, which adds a
 few syncs). The rest of the attention (A^T V, A W, the landmark kernel) is not
 counted.
@@ -139,12 +140,13 @@ class SolverTimer:
     """Accumulates wall time spent inside the landmark solvers (Newton-Schulz iterations, ridge Cholesky solves)."""
 
     def __init__(self, cuda: bool) -> None:
-        from mmsoft.ops import landmark_solvers, reference
+        from mmsoft.ops import landmark_solvers, newton_lowrank, reference
 
         self.total = 0.0
         self.cuda = cuda
         self._patches = [(reference, "newton_schulz_iterations"), (landmark_solvers, "newton_eigh_factors"),
-                         (landmark_solvers, "newton_thin_apply"), (landmark_solvers, "ridge_cholesky_solve")]
+                         (landmark_solvers, "newton_thin_apply"), (landmark_solvers, "ridge_cholesky_solve"),
+                         (newton_lowrank, "newton_lowrank_factors")]
         self._originals = [getattr(mod, attr) for mod, attr in self._patches]
         for (mod, attr), fn in zip(self._patches, self._originals):
             setattr(mod, attr, self._wrap(fn))

@@ -1,0 +1,262 @@
+"""The ``'newton_lowrank'`` landmark solver: the faithful 20-step Newton-Schulz function ``P = f(Ah)`` (see
+:mod:`mmsoft.ops.landmark_solvers`) from a low-rank Rayleigh-Ritz evaluation of its nonlinear part, with a certificate
+per matrix and the exact eigendecomposition where the certificate fails.
+
+Why it works. ``f(lam) = (1 - (1 - alpha lam^2)^(2^K)) / lam = c lam - c^2 lam^3 / 2 + ...`` with ``c = 2^K alpha``:
+it departs from the linear ``c lam`` only for the eigenvalues near or above the threshold ``lam* = 1 / sqrt(c)``, by
+a relative ``(lam / lam*)^2 / 2``. Realistic landmark kernels of trained-like models have few eigenvalues above
+``lam* / 40`` (golden seeded weights, 800x1344: 6-27 of m = 1,050 per head, and as few at m = 256 or 2,048: the count
+does not grow with the image), so a subspace of ``s = 64`` dimensions carries the whole nonlinear part and the work
+is ``O(m^2 s)``, not the ``O(m^3)`` of an eigendecomposition or of 20 Newton steps. Kernels with a flat spectrum
+(landmarks spread apart, e.g. a randomly initialised model: hundreds of eigenvalues above ``lam* / 40``) fail the
+certificate and take ``eigh``, so the result is the faithful function either way; only the time differs.
+
+The computation, per matrix, batched, GEMM-shaped and without an eigendecomposition:
+
+1. ``Q (m x s)``: subspace iteration from ``s`` evenly spaced columns of ``Ah`` (a deterministic start),
+   ``power_iters`` float32 products ``Ah Q`` with a Householder QR after each, then one float64 product and QR.
+2. ``T = Q^T Ah Q``, the residual ``R = Ah Q - Q T`` and ``W = f(T) T^-1 = alpha sum_{j < 2^K} (I - alpha T^2)^j``
+   (``K`` doublings of ``s x s`` GEMMs, no inverse: the polynomial Newton builds), ``f(T) = T W``; all float64.
+3. With ``Pi = I - Q Q^T`` (``Ah = Q T Q^T + R Q^T + Q R^T + Pi Ah Pi`` exactly)::
+
+       P x = Q f(T) Q^T x + R W Q^T x + Q W R^T x + c Pi Ah Pi x
+
+   in float64, never forming ``P`` (``m^2 c`` for ``Ah x``). ``W`` is the divided difference ``f[theta, 0]``, so the
+   coupling terms are first-order exact for a small remainder, and nothing cancels for the inverted eigenvalues (no
+   ``c Ah - c Q T Q^T``). Backward applies ``P`` the same way to the gradient (the closed form of ``'newton'``,
+   ``dAh = -P g (P x)^T``), from the saved ``O(m s)`` factors.
+
+Certificate, per matrix on the device: an estimate of the relative spectral-norm error of ``P`` (relative to
+``max f = 0.638 sqrt(c)``) from the remainder ``tail = |Pi Ah Pi|_F / lam*`` (bounds its largest eigenvalue, where
+``c lam`` stands in for ``f``), ``resid = |R|_F / lam*`` and the weighted residual ``|R (W - c I)|_F / sqrt(c)``:
+``(tail^3 / 2 + 2 (weighted + resid tail^2) + weighted resid) / 0.638``. It is first order, not a proof; it bounds the
+measured error (``tests/ops/test_newton_lowrank.py``) and on the realistic kernels above exceeds it by orders of
+magnitude. A matrix whose estimate exceeds ``tolerance`` (default 1e-5) or is not finite is evaluated as
+``P x = U (f(L) * (U^T x))`` by the float64 ``eigh`` of ``'newton_eigh'``. Eagerly only the failing matrices are
+decomposed (one host read of the mask: free on the CPU, a sync on CUDA), and when every matrix of a call shows a
+flat spectrum already in the float32 iterate (``LOWRANK_EARLY_REJECT``) the float64 steps are skipped: the attempt then
+costs ~5-10 % of the eigendecomposition. Under ``torch.compile`` a ``torch.cond`` decomposes all of the call's matrices
+when any fails, so it traces with ``fullgraph=True``. Non-finite matrices get a
+NaN ``P`` (as ``'newton'``), their batch mates along the first dim too (they share ``alpha``).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import landmark_solvers, reference
+
+#: Columns of the subspace ``Q``.
+LOWRANK_RANK = 64
+#: Float32 subspace-iteration steps before the float64 one (at least 1).
+LOWRANK_POWER_ITERS = 2
+#: Eagerly, when ``|Pi Ah Pi|_F / lam*`` of the float32 iterate exceeds this for every matrix of a call, the float64
+#: steps are skipped and the eigendecomposition taken at once (certification needs ~0.02; a flat spectrum gives >> 1).
+LOWRANK_EARLY_REJECT = 1.0
+#: Largest accepted error estimate of the low-rank ``P`` (relative, spectral norm); above it the matrix is
+#: evaluated through its eigendecomposition.
+LOWRANK_TOLERANCE = 1e-5
+#: ``max phi`` of ``phi(x) = (1 - exp(-x^2)) / x`` (at ``x = 1.121``): ``f(lam) = sqrt(c) phi(sqrt(c) lam)`` (with
+#: ``(1 - s)^(2^K) = exp(-2^K s)``), so the largest value of ``f`` is ``0.638 sqrt(c)``.
+_F_PEAK = 0.6382
+
+
+def _orthonormal(y: Tensor) -> Tensor:
+    """An orthonormal basis of the columns of ``y (..., m, s)`` (Householder QR: orthonormal also when ``y`` is
+    rank deficient)."""
+    return torch.linalg.qr(y).Q
+
+
+def subspace_iteration(mat: Tensor, rank: int, power_iters: int) -> tuple[Tensor, Tensor]:
+    """``(Q, mat Q)`` after ``power_iters >= 1`` steps of subspace iteration in ``mat``'s dtype for the symmetric
+    ``mat (..., m, m)``, from ``s = min(rank, m)`` evenly spaced columns of ``mat``: ``Q (..., m, s)`` orthonormal."""
+    m = mat.shape[-1]
+    cols = torch.linspace(0, m - 1, min(rank, m), device=mat.device).round().long()
+    q = _orthonormal(mat[..., cols])
+    y = mat @ q
+    for _ in range(power_iters - 1):
+        q = _orthonormal(y)
+        y = mat @ q
+    return q, y
+
+
+def _tail(mat_norm_sq: Tensor, aq: Tensor, q: Tensor) -> Tensor:
+    """``|Pi Ah Pi|_F`` (float64, ``(...)``) for orthonormal ``q``, ``aq = Ah q`` and ``mat_norm_sq = |Ah|_F^2``."""
+    norm = torch.linalg.matrix_norm
+    aq = aq.to(torch.float64)
+    return (mat_norm_sq - 2 * norm(aq).square() + norm(q.to(torch.float64).transpose(-1, -2) @ aq).square()).clamp_min(
+        0).sqrt()
+
+
+def newton_series(t: Tensor, alpha: Tensor, num_iters: int) -> Tensor:
+    """``f(T) T^-1 = alpha sum_{j < 2^K} (I - alpha T^2)^j`` (``K = num_iters``) for symmetric ``t (..., s, s)``, by
+    ``K`` doublings of the sum: no inverse, defined also for singular ``T``. ``f(T) = T (f(T) T^-1)`` is then ``K``
+    Newton-Schulz steps from ``alpha T``, computed without the cancellation of ``c T - ...`` for the resolved
+    eigenvalues. Per eigenvalue it is the divided difference ``f[theta, 0]``: ``c`` for ``theta << lam*``,
+    ``1 / theta^2`` above."""
+    eye = torch.eye(t.shape[-1], dtype=t.dtype, device=t.device)
+    power = eye - alpha * (t @ t)  # M^(2^j)
+    total = eye.expand_as(power)   # sum_{i < 2^j} M^i
+    for _ in range(num_iters):
+        total = total + power @ total
+        power = power @ power
+    return alpha * total
+
+
+class LowrankFactors(NamedTuple):
+    """``P x = Q f(T) Q^T x + R W Q^T x + Q W R^T x + c Pi Ah Pi x`` for the certified matrices (``Pi = I - Q Q^T``),
+    ``P x = U (f * (U^T x))`` where ``exact``."""
+
+    q: Tensor | None         #: (..., m, s) orthonormal basis of the dominant subspace (float64); None (also ``ft``,
+                             #: ``w``, ``r``) when every matrix takes the eigendecomposition
+    ft: Tensor | None        #: (..., s, s) f(T) (float64)
+    w: Tensor | None         #: (..., s, s) W = f(T) T^-1, the coupling weights (float64)
+    r: Tensor | None         #: (..., m, s) the residual R = Ah Q - Q T (float64)
+    c: Tensor                #: (..., 1, 1) 2^K alpha (float64)
+    exact: Tensor            #: (...) bool: the matrix failed the certificate and is evaluated by ``eigvecs``, ``filt``
+    eigvecs: Tensor | None   #: (..., m, m) its eigenvectors U (0 for the others); None when no matrix failed
+    filt: Tensor | None      #: (..., m) f of its eigenvalues, NaN for a non-finite matrix (0 for the others)
+
+
+def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
+                    power_iters: int = LOWRANK_POWER_ITERS,
+                    iterate: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(Q, f(T), W, R, err)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the ``num_iters``-step
+    Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64) with start
+    ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of ``P`` (see
+    the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s result when
+    already computed."""
+    if power_iters < 1:
+        raise ValueError(f"power_iters must be >= 1, got {power_iters}")
+    _, y = iterate if iterate is not None else subspace_iteration(mat, rank, power_iters)
+    q = _orthonormal(mat64 @ _orthonormal(y.to(torch.float64)))  # the float64 step
+    aq = mat64 @ q
+    t = q.transpose(-1, -2) @ aq
+    t = (t + t.transpose(-1, -2)) / 2
+    w = newton_series(t, alpha, num_iters)
+    w = (w + w.transpose(-1, -2)) / 2
+    ft = t @ w
+    ft = (ft + ft.transpose(-1, -2)) / 2
+    r = aq - q @ t
+
+    lam_star = (math.ldexp(1.0, num_iters) * alpha[..., 0, 0]).rsqrt()
+    norm = torch.linalg.matrix_norm
+    if q.shape[-1] < mat.shape[-1]:
+        tail = _tail(norm(mat64).square(), aq, q) / lam_star
+    else:
+        tail = torch.zeros_like(lam_star)  # Q spans everything
+    resid = norm(r) / lam_star
+    eye = torch.eye(t.shape[-1], dtype=t.dtype, device=t.device)
+    coupling = norm(r @ (w - math.ldexp(1.0, num_iters) * alpha * eye)) * lam_star  # |R (f[T, 0] - c)| / sqrt(c)
+    err = (tail.pow(3) / 2 + 2 * (coupling + resid * tail.square()) + coupling * resid) / _F_PEAK
+    return q, ft, w, r, err
+
+
+def eigh_factors(mat64: Tensor, alpha: Tensor, num_iters: int) -> tuple[Tensor, Tensor]:
+    """``(U, f)`` with the exact ``P = U diag(f) U^T`` of symmetric ``mat64 (..., m, m)`` (float64) with start
+    ``alpha (..., 1, 1)``, through ``torch.linalg.eigh``; ``f`` is NaN for a non-finite matrix (which ``eigh`` never
+    sees: it would raise for the whole batch)."""
+    finite = torch.isfinite(mat64).all(-1).all(-1)[..., None]
+    eye = torch.eye(mat64.shape[-1], dtype=mat64.dtype, device=mat64.device)
+    eigvals, eigvecs = torch.linalg.eigh(torch.where(finite[..., None], mat64, eye))
+    filt = landmark_solvers.newton_filter(eigvals, alpha[..., 0], num_iters)
+    return eigvecs, torch.where(finite, filt, math.nan)
+
+
+def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
+                           power_iters: int = LOWRANK_POWER_ITERS,
+                           tolerance: float = LOWRANK_TOLERANCE) -> LowrankFactors:
+    """The factors of ``newton_pinv(mat, num_iters)`` for symmetric non-negative ``mat (..., m, m)`` (``mat64``: the
+    same in float64): low-rank where certified, the eigendecomposition for the others (among them every non-finite
+    matrix, whose ``P`` is NaN). ``alpha`` is the published start of the whole ``mat``
+    (:func:`mmsoft.ops.reference.newton_alpha`). Eagerly one host read of the certificate; none under
+    ``torch.compile`` (``torch.cond``)."""
+    alpha = reference.newton_alpha(mat64)
+    c = math.ldexp(1.0, num_iters) * alpha
+    iterate = subspace_iteration(mat, rank, power_iters)
+    eager = not torch.compiler.is_compiling() and mat.device.type != "meta"
+    if eager and iterate[0].shape[-1] < mat.shape[-1] and mat64.shape[:-2].numel() > 0:
+        # A flat spectrum shows already in the float32 iterate: skip the float64 steps when no matrix can pass.
+        early = _tail(torch.linalg.matrix_norm(mat64).square(), iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
+        if not (early <= LOWRANK_EARLY_REJECT).any():
+            eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
+            return LowrankFactors(None, None, None, None, c, torch.ones_like(early, dtype=torch.bool), eigvecs, filt)
+    q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate)
+    exact = ~(err <= tolerance)  # NaN estimates (non-finite input) fail too
+    eigvecs = filt = None
+    if torch.compiler.is_compiling():
+        def all_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
+            vecs, f = eigh_factors(mat64, alpha, num_iters)
+            return vecs.contiguous(), torch.where(exact[..., None], f, 0.0)  # eigh's U is column-major
+
+        def none_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
+
+        eigvecs, filt = torch.cond(exact.any(), all_exact, none_exact, (mat64, alpha, exact))
+    elif mat.device.type != "meta" and exact.all():  # flat spectra: no gather / scatter copies of m x m matrices
+        eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
+    elif mat.device.type != "meta" and exact.any():
+        eigvecs, filt = torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
+        eigvecs[exact], filt[exact] = eigh_factors(mat64[exact], alpha.expand(exact.shape + (1, 1))[exact], num_iters)
+    return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt)
+
+
+def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> Tensor:
+    """``P x`` (float64) for ``x (..., m, c)`` from :func:`newton_lowrank_factors` of ``mat64``."""
+    x = x.to(torch.float64)
+    if factors.q is None:  # every matrix took the eigendecomposition
+        vecs = factors.eigvecs.to(torch.float64)
+        return vecs @ (factors.filt.to(torch.float64).unsqueeze(-1) * (vecs.transpose(-1, -2) @ x))
+    q, r = factors.q, factors.r
+    qx, rx = q.transpose(-1, -2) @ x, r.transpose(-1, -2) @ x
+    tail = mat64 @ (x - q @ qx)
+    tail = tail - q @ (q.transpose(-1, -2) @ tail)
+    out = q @ (factors.ft @ qx + factors.w @ rx) + r @ (factors.w @ qx) + factors.c * tail
+    if factors.eigvecs is not None:
+        vecs = factors.eigvecs.to(torch.float64)
+        exact = vecs @ (factors.filt.to(torch.float64).unsqueeze(-1) * (vecs.transpose(-1, -2) @ x))
+        out = torch.where(factors.exact[..., None, None], exact, out)
+    return out
+
+
+class _NewtonLowrankApply(torch.autograd.Function):
+    """``newton_pinv(mat) @ x`` through :func:`newton_lowrank_factors`, with the closed-form backward of
+    ``'newton'``.
+
+    Forward and backward apply ``P`` in float64. Saved for backward: the low-rank factors (``O(m s)``) and, where the
+    eigendecomposition was taken, its eigenvectors in ``x``'s dtype (the ``m x m`` memory of ``'newton'``'s saved
+    inverse); ``mat`` itself is kept by autograd anyway. Double backward applies ``P`` through this Function again, so
+    second derivatives are those of ``'newton'``.
+    """
+
+    @staticmethod
+    def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
+        mat64 = mat.to(torch.float64)
+        # the module's settings at call time (tests and experiments change them)
+        factors = newton_lowrank_factors(mat, mat64, num_iters, LOWRANK_RANK, LOWRANK_POWER_ITERS, LOWRANK_TOLERANCE)
+        out = apply_lowrank_factors(mat64, factors, x).to(x.dtype)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ctx.has_eigh = factors.eigvecs is not None
+            eigh = (factors.eigvecs.to(x.dtype), factors.filt) if ctx.has_eigh else ()
+            ctx.save_for_backward(mat, out, *factors[:-2], *eigh)
+        ctx.num_iters = num_iters
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        mat, out, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: P g must stay differentiable in mat
+            p_grad = _NewtonLowrankApply.apply(mat, grad, ctx.num_iters)
+        else:  # P is symmetric: P^T g = P g
+            factors = LowrankFactors(*saved) if ctx.has_eigh else LowrankFactors(*saved, None, None)
+            p_grad = apply_lowrank_factors(mat.to(torch.float64), factors, grad).to(grad.dtype)
+        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
+
+
+def newton_lowrank_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
+    """``newton_pinv(mat, num_iters) @ x`` for the landmark kernel ``mat (..., m, m)`` and ``x (..., m, c)`` (same
+    dtype: float32 or float64), by the low-rank evaluation with exact fallback; differentiable (closed form)."""
+    return _NewtonLowrankApply.apply(mat, x, num_iters)
