@@ -26,6 +26,9 @@ the published models compute this spectral filter, not ``Ah^-1``, and the start 
   (2I - S_j)`` with ``S_0 = alpha Ah^2``, ``S_{j+1} = 2 S_j - S_j^2`` (``S_j = Ah V_j``), the factors ``(2I - S_j)``
   applied to ``x`` (``m x c``) instead of multiplied into ``P``: ``num_iters`` ``m x m`` GEMMs instead of
   ``2 num_iters``, but fp32 rounding in the residual chain grows with the kernel's conditioning.
+* ``'newton_lowrank'``: the same function as ``Q f(T) Q^T`` plus coupling plus ``c Pi Ah Pi`` from a rank-64
+  subspace (``O(m^2 s)``), certified per matrix, the exact float64 ``eigh`` where not; see
+  :mod:`mmsoft.ops.newton_lowrank`.
 * ``'cholesky'``: ``(Ah + eps I) Y = X`` by a Cholesky factorisation in float64 (``m^3 / 3`` MACs plus ``2 m^2 c``
   for the two triangular solves), ``eps = 1e-6`` relative to the diagonal of ``Ah`` (exactly 1 for a Gaussian
   kernel). This is ``Ah^-1``: where Newton has converged the same, elsewhere a different model (it inverts the small
