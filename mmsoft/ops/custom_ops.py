@@ -8,18 +8,15 @@ ops raise saying so when differentiated.
 
 Operand convention (checked in C++): 3-D, ``q (B, N, d)`` and N-sized ``v`` / ``grad`` of an input dtype T
 (float16 / bfloat16 / float32 / float64), landmark-sized ``k (B, m, d)`` and ``w (B, m, c)`` in the accumulation
-dtype ``acc(T)`` (float32, float64 for T = float64). ``A^T v`` is returned in acc(T), ``A w`` in T.
+dtype ``acc(T)`` (:func:`mmsoft.ops.precision.acc_dtype`: float32, float64 for T = float64). ``A^T v`` is returned in
+acc(T), ``A w`` in T.
 Non-contiguous operands are made contiguous here; use :func:`mmsoft.ops.soft_attention` for the user-facing API.
 """
 import torch
 from torch import Tensor
 
 from .ext_loader import get_ext
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the fused kernels for inputs of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .precision import acc_dtype
 
 
 def _c(t: Tensor) -> Tensor:

@@ -1,8 +1,10 @@
-"""Loads the compiled extension ``mmsoft._ext`` (if it was built) and reports what it contains."""
+"""Loads the compiled extension ``mmsoft._ext`` (if it was built), reports what it contains and decides, in
+:func:`ext_unsupported`, whether it can run given tensors."""
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
@@ -25,6 +27,9 @@ _ext, _load_error = _load()
 _build_info: dict[str, Any] = dict(_ext.build_info()) if _ext is not None else {}
 #: Device types the extension was built for, e.g. ``frozenset({'cpu'})`` or ``frozenset({'cpu', 'cuda'})``.
 EXT_BACKENDS: frozenset[str] = frozenset(_build_info.get("backends", ()))
+#: Largest head / value dim the CUDA kernels accept, as the CUDA build reports it (``kMaxChannels`` in
+#: ``mmsoft/csrc/cuda/soft_attention_cuda.h``); None without a CUDA build, where no tensor reaches those kernels.
+CUDA_MAX_CHANNELS: int | None = _build_info.get("cuda_max_channels")
 
 
 def ext_available(device_type: str) -> bool:
@@ -32,13 +37,35 @@ def ext_available(device_type: str) -> bool:
     return device_type in EXT_BACKENDS
 
 
+def ext_unsupported(device_type: str, dtypes: Iterable[torch.dtype] = (), channels: int = 0) -> str | None:
+    """Why the fused kernels cannot run tensors on ``device_type`` of ``dtypes`` with head / value dims up to
+    ``channels``; None when they can. The one place that decides it (``soft_attention``'s backend choice and
+    :func:`get_ext` ask here; the C++ checks of ``mmsoft._ext`` only guard direct calls).
+
+    ``'meta'`` tensors always can: the custom ops' fake kernels propagate shapes and dtypes, built or not.
+    """
+    if device_type == "meta":
+        return None
+    if device_type not in EXT_BACKENDS:
+        built = sorted(EXT_BACKENDS)
+        return (f"mmsoft._ext was not built for '{device_type}' tensors (built: {built})" if built
+                else "mmsoft._ext is not built")
+    if device_type == "cuda":
+        if torch.float64 in tuple(dtypes):
+            return "the CUDA kernels do not support float64 (float64 runs on the CPU extension)"
+        if CUDA_MAX_CHANNELS is not None and channels > CUDA_MAX_CHANNELS:
+            return f"the CUDA kernels support head / value dims up to {CUDA_MAX_CHANNELS}"
+    return None
+
+
 def get_ext(device_type: str | None = None) -> ModuleType:
-    """The extension module; raises ``RuntimeError`` saying how to build it when it (or ``device_type``) is missing."""
+    """The extension module; raises ``RuntimeError`` saying how to build it when it (or ``device_type``'s kernels,
+    see :func:`ext_unsupported`) is missing."""
     if _ext is None:
         raise RuntimeError(f"mmsoft._ext is not available ({_load_error}); {BUILD_HINT}")
-    if device_type is not None and device_type not in EXT_BACKENDS:
-        raise RuntimeError(f"mmsoft._ext was built for {sorted(EXT_BACKENDS)} only, not for '{device_type}' "
-                           f"tensors; {BUILD_HINT}, or pass impl='reference'")
+    reason = None if device_type is None else ext_unsupported(device_type)
+    if reason is not None:
+        raise RuntimeError(f"{reason}; {BUILD_HINT}, or pass impl='reference'")
     return _ext
 
 

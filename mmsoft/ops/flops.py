@@ -2,10 +2,11 @@
 
 mmengine (like fvcore) counts one multiply-add as one FLOP and only knows a fixed list of aten ops. A trace of a SOFT
 model contains what it cannot see: the fused kernels ``mmsoft::kernel_t_matmul`` / ``mmsoft::kernel_matmul`` (custom
-ops of the compiled extension), the Newton-Schulz pseudo-inverse (one opaque ``prim::PythonOp._NewtonPinv`` node: an
-autograd Function, whose 20 iterations the tracer never records; likewise the ``'newton_thin'`` and
-``'newton_eigh'`` solvers' Functions), ``aten::baddbmm`` and stage 4's
+ops of the compiled extension), the Newton-Schulz pseudo-inverse (one opaque ``prim::PythonOp.NewtonPinv`` node: an
+autograd Function, whose 20 iterations the tracer never records; likewise the Functions of the ``'newton_thin'``,
+``'newton_eigh'`` and ``'newton_lowrank'`` solvers), ``aten::baddbmm`` and stage 4's
 ``aten::scaled_dot_product_attention``. Without these handles a SOFT model's FLOPs come out several times too low.
+Handles are registered by the Functions and ops themselves (:func:`node_kind` derives the name the trace shows).
 
 The count is the work the forward executes, per head (``N`` tokens, ``m`` landmarks, head dim ``d``, value dim
 ``c``), the same for the extension and the PyTorch reference:
@@ -23,15 +24,22 @@ from collections import Counter
 from math import prod
 from typing import Any, Callable
 
+import torch
+
+from . import custom_ops, landmark_solvers, newton_lowrank  # noqa: F401 (custom_ops registers torch.ops.mmsoft)
+
 Handle = Callable[[list, list], "int | Counter[str]"]
 
-#: jit node kinds of the landmark solvers' autograd Functions (mmengine names PythonOps ``prim::PythonOp.<class>``):
-#: ``'newton'``, ``'newton_thin'`` and ``'newton_eigh'`` (see :mod:`mmsoft.ops.landmark_solvers`).
-NEWTON_PINV_OP = "prim::PythonOp._NewtonPinv"
-NEWTON_THIN_OP = "prim::PythonOp._NewtonThinApply"
-NEWTON_EIGH_OP = "prim::PythonOp._NewtonEighApply"
-#: ``'newton_lowrank'`` (see :mod:`mmsoft.ops.newton_lowrank`).
-NEWTON_LOWRANK_OP = "prim::PythonOp._NewtonLowrankApply"
+
+def node_kind(target: Any) -> str:
+    """The node kind under which a jit trace (mmengine's ``FlopAnalyzer``) shows ``target``: ``prim::PythonOp.<class
+    name>`` for an autograd Function class, the qualified name (``aten::baddbmm``, ``mmsoft::kernel_matmul``) for an
+    operator overload such as ``torch.ops.aten.baddbmm.default``. Raises ``TypeError`` for anything else."""
+    if isinstance(target, type) and issubclass(target, torch.autograd.Function):
+        return f"prim::PythonOp.{target.__name__}"
+    if isinstance(target, torch._ops.OpOverload):
+        return target.name()
+    raise TypeError(f"expected an autograd Function class or an operator overload, got {target!r}")
 
 
 def kernel_product_flops(n: int, m: int, d: int, c: int) -> int:
@@ -120,11 +128,9 @@ def _newton_eigh_handle(inputs: list, outputs: list) -> Counter[str]:
 
 def _newton_lowrank_handle(num_iters: int | None) -> Handle:
     def handle(inputs: list, outputs: list) -> Counter[str]:
-        from .newton_lowrank import LOWRANK_POWER_ITERS, LOWRANK_RANK
-
         mat, rhs = _shape(inputs[0]), _shape(inputs[1])
-        flops = newton_lowrank_flops(mat[-1], rhs[-1], _iterations(num_iters, outputs), LOWRANK_RANK,
-                                     LOWRANK_POWER_ITERS)
+        flops = newton_lowrank_flops(mat[-1], rhs[-1], _iterations(num_iters, outputs), newton_lowrank.LOWRANK_RANK,
+                                     newton_lowrank.LOWRANK_POWER_ITERS)
         return Counter(newton_lowrank=prod(mat[:-2]) * flops)
     return handle
 
@@ -159,15 +165,16 @@ def soft_flop_handles(newton_iters: int | None = None) -> dict[str, Handle]:
     ``newton_iters`` overrides the iteration count recorded in the trace: ``tools/analysis/get_flops.py`` traces with
     0 iterations (fast) and counts the model's configured number.
     """
-    return {
-        "mmsoft::kernel_t_matmul": _kernel_product_handle,
-        "mmsoft::kernel_matmul": _kernel_product_handle,
-        NEWTON_PINV_OP: _newton_pinv_handle(newton_iters),
-        NEWTON_THIN_OP: _newton_thin_handle(newton_iters),
-        NEWTON_EIGH_OP: _newton_eigh_handle,
-        NEWTON_LOWRANK_OP: _newton_lowrank_handle(newton_iters),
-        "aten::linalg_cholesky_ex": _cholesky_handle,
-        "aten::cholesky_solve": _cholesky_solve_handle,
-        "aten::baddbmm": _baddbmm_handle,
-        "aten::scaled_dot_product_attention": _sdpa_handle,
+    handles: dict[Any, Handle] = {
+        torch.ops.mmsoft.kernel_t_matmul.default: _kernel_product_handle,
+        torch.ops.mmsoft.kernel_matmul.default: _kernel_product_handle,
+        landmark_solvers.NewtonPinv: _newton_pinv_handle(newton_iters),
+        landmark_solvers.NewtonThinApply: _newton_thin_handle(newton_iters),
+        landmark_solvers.NewtonEighApply: _newton_eigh_handle,
+        newton_lowrank.NewtonLowrankApply: _newton_lowrank_handle(newton_iters),
+        torch.ops.aten.linalg_cholesky_ex.default: _cholesky_handle,
+        torch.ops.aten.cholesky_solve.default: _cholesky_solve_handle,
+        torch.ops.aten.baddbmm.default: _baddbmm_handle,
+        torch.ops.aten.scaled_dot_product_attention.default: _sdpa_handle,
     }
+    return {node_kind(target): handle for target, handle in handles.items()}

@@ -41,48 +41,43 @@ exact inverse). Why there is no early-stopping Newton: stopping needs a host syn
 real activations 20 steps never converge anyway (see above).
 
 All math runs with autocast disabled, in float32 (float64 for float64 landmarks; Cholesky and the eigendecomposition
-always in float64), without ``.item()`` host synchronisation, so it traces under ``torch.compile``.
+always in float64; :mod:`mmsoft.ops.precision`), without ``.item()`` host synchronisation, so it traces under
+``torch.compile``.
+
+Adding a solver. A solver is one entry of :data:`SOLVERS`: its name and a :class:`LandmarkSolver` whose ``apply(mat,
+x, num_iters)`` returns ``pinv(mat) x`` (your rule for it) for the landmark kernel ``mat (..., m, m)`` and ``x (...,
+m, c)``, both in the accumulation dtype, differentiable in both. :func:`landmark_operator` does everything around it
+(the kernel, the SOFT-Norm scaling, landmark masks, autocast), so the new name then works everywhere a solver is
+chosen: ``soft_attention(..., solver=...)``, the backbone's ``landmark_solver``, the checks at construction, the
+tests parametrised over :data:`SOLVERS` and ``tools/analysis/benchmark_backbone.py --solvers``. A solver that hides
+work from a jit trace (an autograd Function) also gets a FLOP handle in :mod:`mmsoft.ops.flops`.
 """
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
-from typing import Callable
+import numbers
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import newton_lowrank, reference
+from .precision import acc_dtype, autocast_disabled
 
-#: Names accepted by ``soft_attention(..., solver=...)`` and the backbone's ``landmark_solver``.
-SOLVERS = ("newton", "newton_eigh", "newton_thin", "cholesky", "newton_lowrank")
 #: Ridge of the ``'cholesky'`` solver, relative to the diagonal of the landmark kernel.
 CHOLESKY_EPS = 1e-6
 
 Operator = Callable[[Tensor], Tensor]
 
 
-def check_solver(solver: str) -> None:
-    """Raise ``ValueError`` unless ``solver`` is one of :data:`SOLVERS`."""
-    if solver not in SOLVERS:
-        raise ValueError(f"landmark solver must be one of {SOLVERS}, got {solver!r}")
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the landmark-side math for landmarks of ``dtype``: float64 stays float64, everything else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def autocast_disabled(device_type: str) -> AbstractContextManager:
-    """``torch.autocast(device_type, enabled=False)``, or no context for a device type without autocast (``'meta'``:
-    shape propagation runs the same code)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return nullcontext()
+def check_num_iters(num_iters: int) -> None:
+    """Raise ``ValueError`` unless ``num_iters`` (Newton-Schulz steps of the Newton solvers) is an int >= 0."""
+    if isinstance(num_iters, bool) or not isinstance(num_iters, numbers.Integral) or num_iters < 0:
+        raise ValueError(f"num_iters (newton_iters) must be an int >= 0, got {num_iters!r}")
 
 
 # ----------------------------------------------------------------------------------------------- 'newton'
-class _NewtonPinv(torch.autograd.Function):
+class NewtonPinv(torch.autograd.Function):
     """Newton-Schulz pseudo-inverse with the closed-form backward.
 
     Autograd never sees the iterations: memory stays one ``m x m`` matrix per head whatever the
@@ -101,29 +96,41 @@ class _NewtonPinv(torch.autograd.Function):
         return reference.pinv_backward(inv, grad), None
 
 
+def _newton_pinv(mat: Tensor, num_iters: int) -> Tensor:
+    """:func:`newton_pinv` without the argument checks (for callers that made them)."""
+    with autocast_disabled(mat.device.type):
+        return NewtonPinv.apply(mat.to(acc_dtype(mat.dtype)), num_iters)
+
+
 def newton_pinv(mat: Tensor, num_iters: int = 20) -> Tensor:
     """Pseudo-inverse of symmetric non-negative ``mat (..., m, m)`` by ``num_iters`` Newton-Schulz steps.
 
-    Computed in float32 (float64 stays float64) whatever the input dtype or autocast state.
+    Computed in the accumulation dtype (float32; float64 stays float64) whatever the input dtype or autocast state.
+    Raises ``ValueError`` for a non-square ``mat`` or a negative ``num_iters``.
     """
     if mat.dim() < 2 or mat.shape[-1] != mat.shape[-2]:
         raise ValueError(f"newton_pinv expects square matrices (..., m, m), got shape {tuple(mat.shape)}")
-    if num_iters < 0:
-        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
-    with autocast_disabled(mat.device.type):
-        return _NewtonPinv.apply(mat.to(work_dtype(mat.dtype)), num_iters)
+    check_num_iters(num_iters)
+    return _newton_pinv(mat, num_iters)
 
 
 def landmark_inverse(k: Tensor, sym_norm: bool = True, num_iters: int = 20) -> Tensor:
-    """``P`` of the attention for landmarks ``k (..., m, d)``: pinv of their kernel, optionally
-    symmetrically normalised. Float32 (float64 for float64 input), shape ``(..., m, m)``."""
+    """The dense ``P`` of the ``'newton'`` solver for landmarks ``k (..., m, d)``: pinv of their kernel, for
+    ``sym_norm`` symmetrically normalised. Shape ``(..., m, m)`` in the accumulation dtype (float32; float64 for
+    float64 landmarks). Raises ``ValueError`` for a negative ``num_iters``."""
+    check_num_iters(num_iters)
     with autocast_disabled(k.device.type):
-        k = k.to(work_dtype(k.dtype))
-        kernel = reference.gaussian_kernel(k, k)
-        inv = newton_pinv(kernel, num_iters)
-        if sym_norm:
-            d_inv_sqrt = kernel.sum(-1).rsqrt()
-            inv = d_inv_sqrt.unsqueeze(-1) * inv * d_inv_sqrt.unsqueeze(-2)
+        k = k.to(acc_dtype(k.dtype))
+        return _normalised_inverse(reference.gaussian_kernel(k, k), _newton_pinv, num_iters, sym_norm)
+
+
+def _normalised_inverse(kernel: Tensor, inverse: Callable[[Tensor, int], Tensor], num_iters: int,
+                        sym_norm: bool) -> Tensor:
+    """``inverse(kernel)``, for ``sym_norm`` scaled to ``D^-1/2 P D^-1/2`` (``D``: the kernel's row sums)."""
+    inv = inverse(kernel, num_iters)
+    if sym_norm:
+        d_inv_sqrt = kernel.sum(-1).rsqrt()
+        inv = d_inv_sqrt.unsqueeze(-1) * inv * d_inv_sqrt.unsqueeze(-2)
     return inv
 
 
@@ -170,7 +177,7 @@ def _apply_factors(eigvecs: Tensor, filt: Tensor, x: Tensor) -> Tensor:
     return eigvecs @ (filt.unsqueeze(-1) * (eigvecs.transpose(-1, -2) @ x.to(eigvecs.dtype)))
 
 
-class _NewtonEighApply(torch.autograd.Function):
+class NewtonEighApply(torch.autograd.Function):
     """``newton_pinv(mat) @ x`` through the eigendecomposition of ``mat``, with the closed-form backward of 'newton'.
 
     The forward runs in float64; the factors are kept for backward in ``x``'s dtype (float32: the ``m x m`` memory of
@@ -193,7 +200,7 @@ class _NewtonEighApply(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         mat, eigvecs, filt, out = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: P g must stay differentiable in mat
-            p_grad = _NewtonEighApply.apply(mat, grad, ctx.num_iters)
+            p_grad = NewtonEighApply.apply(mat, grad, ctx.num_iters)
         else:
             p_grad = _apply_factors(eigvecs, filt, grad).to(grad.dtype)  # P is symmetric: P^T g = P g
         return -(p_grad @ out.transpose(-1, -2)), p_grad, None
@@ -218,7 +225,7 @@ def newton_thin_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
     return y.view_as(x)
 
 
-class _NewtonThinApply(torch.autograd.Function):
+class NewtonThinApply(torch.autograd.Function):
     """``newton_pinv(mat) @ x`` by :func:`newton_thin_apply`, with the closed-form backward of ``'newton'``.
 
     Backward applies ``P`` through this Function again, so that double backward differentiates it with the same
@@ -235,7 +242,7 @@ class _NewtonThinApply(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         mat, out = ctx.saved_tensors
-        p_grad = _NewtonThinApply.apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
+        p_grad = NewtonThinApply.apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
         return -(p_grad @ out.transpose(-1, -2)), p_grad, None
 
 
@@ -256,26 +263,73 @@ def ridge_cholesky_solve(mat: Tensor, x: Tensor, eps: float = CHOLESKY_EPS) -> T
     return torch.where(ok, out, x64 / (scale * (1 + eps)))
 
 
-# ----------------------------------------------------------------------------------------------- dispatch
+# ----------------------------------------------------------------------------------------------- the table
+class LandmarkSolver(NamedTuple):
+    """One entry of :data:`SOLVERS`.
+
+    ``apply(mat, x, num_iters)``: ``pinv(mat) x`` for the landmark kernel ``mat (..., m, m)`` and ``x (..., m, c)``,
+    both in the accumulation dtype (autocast already off), differentiable in both; ``num_iters`` is the Newton-Schulz
+    step count (solvers that do not iterate ignore it).
+    ``inverse(mat, num_iters)`` (optional): the dense ``(..., m, m)`` matrix, for a solver that forms it anyway; without
+    a landmark mask :func:`landmark_operator` then folds the SOFT-Norm scaling into it once and applies it by one GEMM.
+    """
+
+    apply: Callable[[Tensor, Tensor, int], Tensor]
+    inverse: Callable[[Tensor, int], Tensor] | None = None
+
+
+def _newton_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
+    return _newton_pinv(mat, num_iters) @ x
+
+
+def _cholesky_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
+    return ridge_cholesky_solve(mat, x).to(x.dtype)
+
+
+#: The landmark solvers by name: ``soft_attention(..., solver=...)`` and the backbone's ``landmark_solver`` accept
+#: exactly these keys. Add a solver here (see the module docstring).
+SOLVERS: dict[str, LandmarkSolver] = {
+    "newton": LandmarkSolver(apply=_newton_apply, inverse=_newton_pinv),
+    "newton_eigh": LandmarkSolver(apply=NewtonEighApply.apply),
+    "newton_thin": LandmarkSolver(apply=NewtonThinApply.apply),
+    "cholesky": LandmarkSolver(apply=_cholesky_apply),
+    "newton_lowrank": LandmarkSolver(apply=newton_lowrank.newton_lowrank_apply),
+}
+
+
+def check_solver(solver: str) -> None:
+    """Raise ``ValueError`` unless ``solver`` is a key of :data:`SOLVERS`."""
+    if solver not in SOLVERS:
+        raise ValueError(f"landmark solver must be one of {tuple(SOLVERS)}, got {solver!r}")
+
+
+# ----------------------------------------------------------------------------------------------- the operator
 def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, solver: str = "newton",
                       landmark_mask: Tensor | None = None) -> Operator:
-    """The operator ``x (..., m, c) -> P x`` for landmarks ``k (..., m, d)``; results in float32 (float64 for float64
-    landmarks). ``solver`` is one of :data:`SOLVERS`; ``num_iters`` applies to the Newton solvers.
+    """The operator ``x (..., m, c) -> P x`` for landmarks ``k (..., m, d)``; results in the accumulation dtype
+    (float32; float64 for float64 landmarks). ``solver`` is a key of :data:`SOLVERS`; ``num_iters`` applies to the
+    Newton solvers.
 
     ``landmark_mask`` (bool, broadcastable to ``k.shape[:-1]``, False = masked) computes, for the valid landmarks,
     exactly the operator of the valid landmarks alone, and zero for the masked ones: see :func:`mask_landmark_kernel`.
+    Raises ``ValueError`` for an unknown ``solver`` or a negative ``num_iters``, ``ValueError`` / ``TypeError`` for a
+    mask that does not fit.
     """
     check_solver(solver)
-    if num_iters < 0:
-        raise ValueError(f"num_iters must be >= 0, got {num_iters}")
-    if solver == "newton" and landmark_mask is None:
-        inv = landmark_inverse(k, sym_norm=sym_norm, num_iters=num_iters)
-        return lambda x: inv.to(x.dtype) @ x
+    check_num_iters(num_iters)
+    return build_operator(k, sym_norm, num_iters, solver, landmark_mask)
 
-    dtype = work_dtype(k.dtype)
+
+def build_operator(k: Tensor, sym_norm: bool, num_iters: int, solver: str, landmark_mask: Tensor | None) -> Operator:
+    """:func:`landmark_operator` for arguments the caller has checked (``soft_attention`` checks them once)."""
+    entry = SOLVERS[solver]
+    dtype = acc_dtype(k.dtype)
     with autocast_disabled(k.device.type):
         kf = k.to(dtype)
         kernel = reference.gaussian_kernel(kf, kf)
+        if landmark_mask is None and entry.inverse is not None:  # form the dense P once
+            inv = _normalised_inverse(kernel, entry.inverse, num_iters, sym_norm)
+            return lambda x: inv.to(x.dtype) @ x
         if landmark_mask is not None:
             landmark_mask = check_landmark_mask(landmark_mask, k)
             kernel = mask_landmark_kernel(kernel, landmark_mask)
@@ -289,16 +343,7 @@ def landmark_operator(k: Tensor, sym_norm: bool = True, num_iters: int = 20, sol
                 x = torch.where(keep, x, 0.0)
             if d_inv_sqrt is not None:
                 x = d_inv_sqrt * x
-            if solver == "newton":  # only with a mask: the unmasked 'newton' forms P once, above
-                y = newton_pinv(kernel, num_iters) @ x
-            elif solver == "newton_eigh":
-                y = _NewtonEighApply.apply(kernel, x, num_iters)
-            elif solver == "newton_thin":
-                y = _NewtonThinApply.apply(kernel, x, num_iters)
-            elif solver == "newton_lowrank":
-                y = newton_lowrank.newton_lowrank_apply(kernel, x, num_iters)
-            else:
-                y = ridge_cholesky_solve(kernel, x).to(dtype)
+            y = entry.apply(kernel, x, num_iters)
             y = d_inv_sqrt * y if d_inv_sqrt is not None else y
             return y if landmark_mask is None else torch.where(keep, y, 0.0)
 
@@ -338,8 +383,3 @@ def mask_landmark_kernel(kernel: Tensor, mask: Tensor) -> Tensor:
     scale = torch.where(row_max > 0, row_max.clamp_max(1.0), torch.ones_like(row_max))
     eye = torch.eye(kernel.shape[-1], dtype=torch.bool, device=kernel.device)
     return torch.where(eye & ~mask.unsqueeze(-1), scale.unsqueeze(-1), valid)
-
-
-def landmark_solve(k: Tensor, x: Tensor, sym_norm: bool = True, num_iters: int = 20, solver: str = "newton") -> Tensor:
-    """``P x`` for landmarks ``k (..., m, d)`` and ``x (..., m, c)``, see :func:`landmark_operator`."""
-    return landmark_operator(k, sym_norm=sym_norm, num_iters=num_iters, solver=solver)(x)

@@ -222,7 +222,7 @@ def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> 
     return out
 
 
-class _NewtonLowrankApply(torch.autograd.Function):
+class NewtonLowrankApply(torch.autograd.Function):
     """``newton_pinv(mat) @ x`` through :func:`newton_lowrank_factors`, with the closed-form backward of
     ``'newton'``.
 
@@ -249,7 +249,7 @@ class _NewtonLowrankApply(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         mat, out, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: P g must stay differentiable in mat
-            p_grad = _NewtonLowrankApply.apply(mat, grad, ctx.num_iters)
+            p_grad = NewtonLowrankApply.apply(mat, grad, ctx.num_iters)
         else:  # P is symmetric: P^T g = P g
             factors = LowrankFactors(*saved) if ctx.has_eigh else LowrankFactors(*saved, None, None)
             p_grad = apply_lowrank_factors(mat.to(torch.float64), factors, grad).to(grad.dtype)
@@ -259,4 +259,4 @@ class _NewtonLowrankApply(torch.autograd.Function):
 def newton_lowrank_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
     """``newton_pinv(mat, num_iters) @ x`` for the landmark kernel ``mat (..., m, m)`` and ``x (..., m, c)`` (same
     dtype: float32 or float64), by the low-rank evaluation with exact fallback; differentiable (closed form)."""
-    return _NewtonLowrankApply.apply(mat, x, num_iters)
+    return NewtonLowrankApply.apply(mat, x, num_iters)

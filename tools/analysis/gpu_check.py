@@ -155,10 +155,10 @@ def backbone_cases(plan: dict[str, Any], solvers: list[str]) -> list[dict[str, A
 def solvers_from_source() -> list[str]:
     """``mmsoft.ops.landmark_solvers.SOLVERS`` read from the source (the driver does not import torch)."""
     text = (ROOT / "mmsoft" / "ops" / "landmark_solvers.py").read_text()
-    match = re.search(r"^SOLVERS\s*=\s*\(([^)]*)\)", text, re.M)
+    match = re.search(r"^SOLVERS\b[^=\n]*=\s*\{(.*?)^\}", text, re.M | re.S)
     if not match:
-        raise RuntimeError("could not find SOLVERS = (...) in mmsoft/ops/landmark_solvers.py")
-    return re.findall(r"['\"]([^'\"]+)['\"]", match.group(1))
+        raise RuntimeError("could not find the SOLVERS = {...} table in mmsoft/ops/landmark_solvers.py")
+    return re.findall(r"^\s+['\"]([^'\"]+)['\"]\s*:", match.group(1), re.M)
 
 
 # ----------------------------------------------------------------------------------------------- processes

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmsoft.ops import soft_attention
-from mmsoft.ops.landmark_solvers import check_solver
+from mmsoft.ops.dispatch import check_impl
+from mmsoft.ops.landmark_solvers import check_num_iters, check_solver
 
 from .valid_region import ValidRegion
 
@@ -22,11 +23,14 @@ class SOFTAttention(nn.Module):
             grid does not divide by s).
         conv_size: kernel of the depthwise (one kernel per head) conv on V added to the output.
         sym_norm: True for SOFT-Norm (symmetric normalisation of the pseudo-inverse).
-        newton_iters: Newton-Schulz iterations of the pseudo-inverse.
-        attn_impl: backend of :func:`mmsoft.ops.soft_attention`.
-        landmark_solver: how ``P . (A^T V)`` is evaluated: ``'newton'`` (faithful), ``'newton_eigh'`` (same
-            function via an eigendecomposition), ``'newton_thin'`` (same function, half the forward GEMMs) or
-            ``'cholesky'`` (exact ridge solve), see :mod:`mmsoft.ops.landmark_solvers`.
+        newton_iters: Newton-Schulz iterations of the pseudo-inverse (int >= 0).
+        attn_impl: backend of :func:`mmsoft.ops.soft_attention` (:data:`mmsoft.ops.dispatch.IMPLS`).
+        landmark_solver: how ``P . (A^T V)`` is evaluated, a key of :data:`mmsoft.ops.landmark_solvers.SOLVERS`:
+            ``'newton'`` (faithful), ``'newton_eigh'`` / ``'newton_thin'`` / ``'newton_lowrank'`` (the same function
+            evaluated otherwise) or ``'cholesky'`` (exact ridge solve).
+
+    Raises ``ValueError`` for an unknown ``attn_impl`` / ``landmark_solver``, a negative ``newton_iters`` or
+    ``embed_dims`` not divisible by ``num_heads`` (the same checks :func:`mmsoft.ops.soft_attention` makes per call).
     """
 
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
@@ -34,6 +38,8 @@ class SOFTAttention(nn.Module):
                  landmark_solver: str = "newton") -> None:
         super().__init__()
         check_solver(landmark_solver)
+        check_num_iters(newton_iters)
+        check_impl(attn_impl)
         if embed_dims % num_heads != 0:
             raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads

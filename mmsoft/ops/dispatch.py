@@ -1,4 +1,4 @@
-"""Public API of the SOFT attention core: ``soft_attention`` and its building blocks.
+"""The public entry of the SOFT attention core: :func:`soft_attention`, its argument checks and its backend choice.
 
 ``out = A . (P . (A^T V))`` with ``A = exp(-|q_i - k_j|^2 / 2)`` (queries vs landmarks),
 ``P = pinv(Ah)`` of the landmark kernel ``Ah = exp(-|k_i - k_j|^2 / 2)`` by Newton-Schulz, and for
@@ -9,8 +9,9 @@ in float32, also under autocast: ``exp`` of large negative arguments underflows 
 
 Backends (``impl``): ``'ext'`` runs the fused kernels of ``mmsoft._ext`` (A recomputed tile by tile, never stored:
 O(N d + m^2) memory per head), ``'reference'`` the PyTorch reference (materialises the N x m matrix A), and
-``'auto'`` the extension when it was built for the tensors' device (and supports their dtype / head dim), else the
-reference, with a one-time log line. The Newton-Schulz part is the same batched fp32 GEMMs in both backends.
+``'auto'`` the extension when it was built for the tensors' device (and supports their dtype / head dim, decided by
+:func:`mmsoft.ops.ext_loader.ext_unsupported`), else the reference, with a one-time log line. The landmark side
+(:mod:`mmsoft.ops.landmark_solvers`) is the same in both backends.
 """
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ import torch
 from torch import Tensor
 
 from . import custom_ops, ext_loader, landmark_solvers, reference
+from .precision import acc_dtype, autocast_disabled
 
-_IMPLS = ("auto", "ext", "reference")
-_CUDA_MAX_CHANNELS = 128
+#: Backends accepted by ``soft_attention(..., impl=...)`` and the backbone's ``attn_impl``.
+IMPLS = ("auto", "ext", "reference")
 _fallbacks_logged: set[str] = set()
 
 
-def _check_impl(impl: str) -> None:
-    if impl not in _IMPLS:
-        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+def check_impl(impl: str) -> None:
+    """Raise ``ValueError`` unless ``impl`` is one of :data:`IMPLS`."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -53,23 +56,6 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor) -> None:
             raise ValueError(f"all inputs must be on one device; q is on {q.device}, {name} on {t.device}")
 
 
-def _ext_unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
-    """Why the extension cannot run these inputs (None when it can)."""
-    device_type = q.device.type
-    if device_type == "meta":  # shapes and dtypes only: the custom ops' fake kernels propagate them, built or not
-        return None
-    if device_type not in ext_loader.EXT_BACKENDS:
-        built = sorted(ext_loader.EXT_BACKENDS)
-        return (f"mmsoft._ext was not built for '{device_type}' tensors (built: {built})" if built
-                else "mmsoft._ext is not built")
-    if device_type == "cuda":
-        if torch.float64 in (q.dtype, k.dtype, v.dtype):
-            return "the CUDA kernels do not support float64 (float64 runs on the CPU extension)"
-        if max(q.shape[-1], v.shape[-1]) > _CUDA_MAX_CHANNELS:
-            return f"the CUDA kernels support head / value dims up to {_CUDA_MAX_CHANNELS}"
-    return None
-
-
 def _emit_log(msg: str) -> None:
     try:
         from mmengine.logging import print_log
@@ -90,12 +76,17 @@ def _log_fallback_once(reason: str) -> None:
 def resolve_impl(impl: str, q: Tensor, k: Tensor, v: Tensor) -> str:
     """The backend (``'ext'`` or ``'reference'``) that ``soft_attention(..., impl=impl)`` runs for these inputs.
 
-    ``'ext'`` raises ``RuntimeError`` (saying how to build) when the extension cannot run them.
+    Raises ``ValueError`` for an unknown ``impl``; ``'ext'`` raises ``RuntimeError`` (saying how to build) when the
+    extension cannot run them.
     """
-    _check_impl(impl)
+    check_impl(impl)
+    return _choose_backend(impl, q, k, v)
+
+
+def _choose_backend(impl: str, q: Tensor, k: Tensor, v: Tensor) -> str:
     if impl == "reference":
         return "reference"
-    reason = _ext_unsupported(q, k, v)
+    reason = ext_loader.ext_unsupported(q.device.type, (q.dtype, k.dtype, v.dtype), max(q.shape[-1], v.shape[-1]))
     if reason is None:
         return "ext"
     if impl == "ext":
@@ -107,8 +98,8 @@ def resolve_impl(impl: str, q: Tensor, k: Tensor, v: Tensor) -> str:
 
 
 def _products_reference(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Operator) -> Tensor:
-    work_dtype = landmark_solvers.work_dtype(k.dtype)
-    qf, kf, vf = q.to(work_dtype), k.to(work_dtype), v.to(work_dtype)
+    work = acc_dtype(k.dtype)
+    qf, kf, vf = q.to(work), k.to(work), v.to(work)
     context = apply_p(reference.kernel_t_matmul(qf, kf, vf))
     return reference.kernel_matmul(qf, kf, context)
 
@@ -119,7 +110,7 @@ def _products_ext(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Ope
         dtype = torch.float64
     else:
         dtype = torch.promote_types(q.dtype, v.dtype)
-    acc = custom_ops.acc_dtype(dtype)
+    acc = acc_dtype(dtype)
     lead, (n, d), m, c = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
     batch = math.prod(lead)
     q3 = q.to(dtype).reshape(batch, n, d)
@@ -132,23 +123,27 @@ def _products_ext(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Ope
 def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_iters: int = 20,
                    impl: str = "auto", solver: str = "newton", landmark_mask: Tensor | None = None) -> Tensor:
     """SOFT attention ``A . (P . (A^T v))`` for queries ``q (..., N, d)``, landmarks ``k (..., m, d)``
-    and values ``v (..., N, c)``; returns ``(..., N, c)`` in ``v``'s dtype.
+    and values ``v (..., N, c)`` (floating, one device; the first dim indexes images); returns ``(..., N, c)`` in
+    ``v``'s dtype.
 
-    ``q`` is used as given (the caller applies the ``d^-1/4`` scale). ``impl`` selects the backend:
-    ``'auto'`` (extension when available for the device, else reference), ``'ext'`` or ``'reference'``.
-    ``solver`` evaluates ``P . (A^T v)``: ``'newton'`` (default), ``'newton_thin'`` or ``'cholesky'``, see
-    :mod:`mmsoft.ops.landmark_solvers`.
+    ``q`` is used as given (the caller applies the ``d^-1/4`` scale). ``impl`` selects the backend (:data:`IMPLS`):
+    ``'auto'`` (extension when it can run the inputs, else reference), ``'ext'`` or ``'reference'``.
+    ``solver`` evaluates ``P . (A^T v)``: a key of :data:`mmsoft.ops.landmark_solvers.SOLVERS` (``'newton'``, the
+    published computation, by default); ``num_iters`` is its Newton-Schulz step count.
     ``landmark_mask`` (bool, broadcastable to ``k.shape[:-1]``; None = all landmarks): False landmarks take no part,
     their rows and columns of ``P`` are zero (see :func:`~mmsoft.ops.landmark_solvers.landmark_operator`). Tokens to
     leave out of ``A^T v`` need zero rows in ``v``.
+
+    Raises ``ValueError`` / ``TypeError`` for arguments or shapes that do not fit (each checked here, once), and
+    ``RuntimeError`` for ``impl='ext'`` when the extension cannot run the inputs.
     """
-    _check_impl(impl)
+    check_impl(impl)
     landmark_solvers.check_solver(solver)
+    landmark_solvers.check_num_iters(num_iters)
     _check_inputs(q, k, v)
-    backend = resolve_impl(impl, q, k, v)
-    apply_p = landmark_solvers.landmark_operator(k, sym_norm=sym_norm, num_iters=num_iters, solver=solver,
-                                                 landmark_mask=landmark_mask)
-    with landmark_solvers.autocast_disabled(q.device.type):
+    backend = _choose_backend(impl, q, k, v)
+    apply_p = landmark_solvers.build_operator(k, sym_norm, num_iters, solver, landmark_mask)
+    with autocast_disabled(q.device.type):
         products = _products_ext if backend == "ext" else _products_reference
         out = products(q, k, v, apply_p)
     return out.to(v.dtype)
