@@ -6,11 +6,11 @@ the GPU (fp32 and bf16 autocast) against float64 on the CPU. Skipped without a G
 tools/gpu_check.sh runs them on the device."""
 import pytest
 import torch
-from conftest import TOLERANCES, rel_err
 from test_ext_kernels import leaf64, make_operands
+from utils import TOLERANCES, landmark_solve, rel_err
 
 from mmsoft.ops import custom_ops, ext_loader, reference, soft_attention
-from mmsoft.ops.landmark_solvers import SOLVERS, landmark_solve
+from mmsoft.ops.landmark_solvers import SOLVERS
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and ext_loader.ext_available("cuda")),
                                 reason="needs a GPU and the CUDA extension")

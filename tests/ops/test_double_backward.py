@@ -8,6 +8,7 @@ second derivatives and must say so.
 """
 import pytest
 import torch
+from utils import make_inputs
 
 from mmsoft.ops import ext_loader, soft_attention
 from mmsoft.ops.landmark_solvers import SOLVERS
@@ -16,11 +17,9 @@ needs_ext = pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmso
 
 
 def small_inputs(spread: float, m: int = 4, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    q = (torch.randn(2, 7, 4, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
-    k = (torch.randn(2, m, 4, generator=gen, dtype=torch.float64) * spread).requires_grad_()
-    v = torch.randn(2, 7, 3, generator=gen, dtype=torch.float64).requires_grad_()
-    return q, k, v
+    """Float64 leaves q (2, 7, 4), k (2, m, 4) (landmarks ``spread`` apart) and v (2, 7, 3)."""
+    inputs = make_inputs(2, None, 7, m, 4, 3, dtype=torch.float64, seed=seed, q_scale=0.5, k_scale=spread)
+    return tuple(t.requires_grad_() for t in inputs)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

@@ -2,23 +2,29 @@
 PyTorch reference: per dtype, odd sizes, gradients, gradcheck, non-contiguous inputs, memory and input checks."""
 import pytest
 import torch
-from conftest import TOLERANCES, rel_err
+from utils import TOLERANCES, make_inputs, rel_err
 
-from mmsoft.ops import custom_ops, reference
+from mmsoft.ops import custom_ops, ext_loader, reference
+from mmsoft.ops.precision import acc_dtype
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
 def make_operands(batch: int, n: int, m: int, d: int, c: int, dtype: torch.dtype, device: str, seed: int = 0):
-    """q (B, N, d) and x (B, N, c) in dtype; k (B, m, d) and y (B, m, c) in the accumulation dtype."""
-    gen = torch.Generator().manual_seed(seed)
-    acc = custom_ops.acc_dtype(dtype)
-    scale = d ** -0.5  # |q - k|^2 ~ 2: A neither vanishes nor saturates
-    q = (torch.randn(batch, n, d, generator=gen, dtype=torch.float64) * scale).to(device, dtype)
-    k = (torch.randn(batch, m, d, generator=gen, dtype=torch.float64) * scale).to(device, acc)
-    x = torch.randn(batch, n, c, generator=gen, dtype=torch.float64).to(device, dtype)
-    y = torch.randn(batch, m, c, generator=gen, dtype=torch.float64).to(device, acc)
-    return q, k, x, y
+    """The shared inputs in the custom ops' convention: q (B, N, d) and x (B, N, c) in dtype, k (B, m, d) and
+    y (B, m, c) in the accumulation dtype; q and k scaled by d^-1/2, so |q - k|^2 ~ 2 (A neither vanishes nor
+    saturates)."""
+    q, k, x = make_inputs(batch, None, n, m, d, c, dtype=torch.float64, seed=seed, q_scale=d ** -0.5, k_scale=d ** -0.5)
+    y = make_inputs(batch, None, m, 1, 1, c, dtype=torch.float64, seed=seed + 1)[2]  # v of m tokens: (B, m, c)
+    acc = acc_dtype(dtype)
+    return q.to(device, dtype), k.to(device, acc), x.to(device, dtype), y.to(device, acc)
+
+
+@pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_accumulation_dtype_is_one_rule_in_python_and_cpp(dtype):
+    """The C++ mapping (acc_type_of, exported as _ext.acc_dtype) and mmsoft.ops.precision.acc_dtype agree."""
+    assert ext_loader.get_ext().acc_dtype(dtype) == acc_dtype(dtype)
 
 
 def leaf64(*tensors):
@@ -41,11 +47,11 @@ def test_t_matmul_matches_reference(device, dtype, size):
         pytest.skip("the CUDA kernels do not take float64")
     q, k, v, _ = make_operands(*size, dtype, device)
     out = custom_ops.kernel_t_matmul(*(t.requires_grad_() for t in (q, k, v)))
-    assert out.shape == (size[0], size[2], size[4]) and out.dtype == custom_ops.acc_dtype(dtype)
+    assert out.shape == (size[0], size[2], size[4]) and out.dtype == acc_dtype(dtype)
     q64, k64, v64 = leaf64(q, k, v)
     ref = reference.kernel_t_matmul(q64, k64, v64)
     # The output is in the accumulation dtype: only accumulation noise, no rounding to the input dtype.
-    assert rel_err(out, ref) < TOLERANCES[custom_ops.acc_dtype(dtype)]
+    assert rel_err(out, ref) < TOLERANCES[acc_dtype(dtype)]
     tol = TOLERANCES[dtype]
 
     grad = torch.randn_like(out)

@@ -2,16 +2,13 @@
 alone (same Newton start, same spectral filter, same SOFT-Norm row sums), the masked ones contribute nothing."""
 import pytest
 import torch
+from utils import landmark_solve, rel_err
 
 from mmsoft.ops import ext_loader, soft_attention
-from mmsoft.ops.landmark_solvers import SOLVERS, landmark_operator, landmark_solve, mask_landmark_kernel
+from mmsoft.ops.landmark_solvers import SOLVERS, landmark_operator, mask_landmark_kernel
 from mmsoft.ops.reference import gaussian_kernel, newton_alpha
 
 B, HEADS, M_VALID, M_MASKED, D, C = 2, 3, 7, 5, 8, 4
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def _landmarks(dtype=torch.float64):
@@ -37,7 +34,7 @@ def test_masked_kernel_keeps_the_published_newton_start():
     masked = mask_landmark_kernel(kernel, mask)
     valid = gaussian_kernel(_valid_only(k, mask, 0), _valid_only(k, mask, 0))  # (1, heads, m_valid, m_valid)
     # alpha = 2 / r^2 halved h times: the same r and the same number of halvings as the valid landmarks alone
-    assert _rel(newton_alpha(masked[:1]), newton_alpha(valid)) < 1e-14
+    assert rel_err(newton_alpha(masked[:1]), newton_alpha(valid)) < 1e-14
     assert newton_alpha(valid).flatten()[0].item() < 0.99 * 2 / valid.sum(-1).amax().item() ** 2  # halvings happened
     assert torch.equal(masked[1], kernel[1])  # nothing masked, nothing changed
 
@@ -49,10 +46,10 @@ def test_valid_landmarks_compute_what_they_compute_alone(solver, sym_norm):
     x = torch.randn(B, HEADS, k.shape[-2], C, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     masked = landmark_operator(k, sym_norm=sym_norm, solver=solver, landmark_mask=mask)(x)
     alone = landmark_solve(_valid_only(k, mask, 0), _valid_only(x, mask, 0), sym_norm=sym_norm, solver=solver)
-    assert _rel(_valid_only(masked, mask, 0), alone) < 1e-9
+    assert rel_err(_valid_only(masked, mask, 0), alone) < 1e-9
     assert masked[0][:, ~mask[0, 0]].abs().max() == 0  # masked landmarks' rows are zero
     unmasked = landmark_solve(k[1:], x[1:], sym_norm=sym_norm, solver=solver)
-    assert _rel(masked[1:], unmasked) < 1e-12
+    assert rel_err(masked[1:], unmasked) < 1e-12
 
 
 @pytest.mark.parametrize("impl", ["reference", "ext"])
@@ -75,9 +72,9 @@ def test_soft_attention_with_padded_tokens_and_masked_landmarks(impl):
     qv = q.detach()[:1, :, :n_valid].requires_grad_()
     alone = soft_attention(qv, kv, v[:1, :, :n_valid], impl=impl)
     (alone * grad_out[:1, :, :n_valid]).sum().backward()
-    assert _rel(out[:1, :, :n_valid], alone) < 1e-9
-    assert _rel(q.grad[:1, :, :n_valid], qv.grad) < 1e-8
-    assert _rel(_valid_only(k.grad, mask, 0), kv.grad) < 1e-8
+    assert rel_err(out[:1, :, :n_valid], alone) < 1e-9
+    assert rel_err(q.grad[:1, :, :n_valid], qv.grad) < 1e-8
+    assert rel_err(_valid_only(k.grad, mask, 0), kv.grad) < 1e-8
     assert k.grad[0][:, ~mask[0, 0]].abs().max() == 0
 
 

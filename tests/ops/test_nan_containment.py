@@ -8,6 +8,7 @@ value). Newton-type solvers share ``alpha`` between the heads of one image (the 
 """
 import pytest
 import torch
+from utils import make_inputs
 
 from mmsoft.models.backbones.soft import SOFT
 from mmsoft.ops import ext_loader, soft_attention
@@ -18,14 +19,6 @@ IMPLS = [
     "reference",
     pytest.param("ext", marks=pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext not built")),
 ]
-
-
-def make_inputs(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, 2, 40, 8, generator=gen) * 8 ** -0.25
-    k = torch.randn(2, 2, 10, 8, generator=gen) * 0.6
-    v = torch.randn(2, 2, 40, 8, generator=gen)
-    return q, k, v
 
 
 def run(q, k, v, solver, impl):

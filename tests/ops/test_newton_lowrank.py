@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from utils import landmark_solve, rel_err
 
 import mmsoft.ops.newton_lowrank as nl
 from mmsoft.models.backbones.soft import SOFT
 from mmsoft.models.backbones.soft_converter import soft_convert
 from mmsoft.ops import landmark_inverse, soft_attention
 from mmsoft.ops.flops import newton_lowrank_flops
-from mmsoft.ops.landmark_solvers import landmark_solve, newton_eigh_factors
+from mmsoft.ops.landmark_solvers import newton_eigh_factors
 from mmsoft.ops.reference import gaussian_kernel, newton_alpha
 from mmsoft.utils.complexity import count_flops
 
@@ -34,10 +35,6 @@ def landmarks(batch: int, m: int, scale: float, seed: int = 0, d: int = 4) -> to
 def rhs(k: torch.Tensor, c: int = 5, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(*k.shape[:-1], c, generator=gen, dtype=k.dtype)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def newton_exact(k: torch.Tensor, x: torch.Tensor, num_iters: int = 20) -> torch.Tensor:
@@ -62,10 +59,11 @@ def test_low_rank_path_is_newton_float64(small_rank, num_iters):
     x = rhs(k)
     factors = factors_of(k, num_iters, rank=24)
     assert not factors.exact.any() and factors.eigvecs is None  # certified: no eigendecomposition at all
-    assert rel(landmark_solve(k, x, solver="newton_lowrank", num_iters=num_iters), newton_exact(k, x, num_iters)) < 1e-9
+    out = landmark_solve(k, x, solver="newton_lowrank", num_iters=num_iters)
+    assert rel_err(out, newton_exact(k, x, num_iters)) < 1e-9
     # and the input really is unconverged (not the inverse), with most of the spectrum outside the rank-24 subspace
     kernel = gaussian_kernel(k, k)
-    assert rel(torch.linalg.solve(kernel, x), landmark_inverse(k, sym_norm=False) @ x) > 1e-2
+    assert rel_err(torch.linalg.solve(kernel, x), landmark_inverse(k, sym_norm=False) @ x) > 1e-2
 
 
 def test_flat_spectrum_falls_back_per_matrix(small_rank):
@@ -75,9 +73,9 @@ def test_flat_spectrum_falls_back_per_matrix(small_rank):
     factors = factors_of(k, rank=24)
     assert factors.exact.tolist() == [[False], [True]]
     out = landmark_solve(k, x, solver="newton_lowrank")
-    assert rel(out, newton_exact(k, x)) < 1e-9
+    assert rel_err(out, newton_exact(k, x)) < 1e-9
     for i in range(2):  # each image as computed alone
-        assert rel(out[i], landmark_solve(k[i:i + 1], x[i:i + 1], solver="newton_lowrank")[0]) < 1e-12
+        assert rel_err(out[i], landmark_solve(k[i:i + 1], x[i:i + 1], solver="newton_lowrank")[0]) < 1e-12
     # all flat: rejected from the float32 iterate, the float64 low-rank steps are skipped
     flat = factors_of(k[1:], rank=24)
     assert flat.exact.all() and flat.q is None
@@ -128,7 +126,7 @@ def test_gradients_equal_newton_unconverged_low_rank_path(small_rank):
         soft_attention(*leaves, impl="reference", solver=name).backward(g)
         grads[name] = [t.grad for t in leaves]
     for a, b in zip(grads["newton_lowrank"], grads["newton"]):
-        assert rel(a, b) < 1e-9
+        assert rel_err(a, b) < 1e-9
 
 
 def test_gradcheck_float64(small_rank):
@@ -163,7 +161,7 @@ def second_derivatives(solver: str):
 
 def test_second_derivatives_equal_newton(small_rank):
     for got, want in zip(second_derivatives("newton_lowrank"), second_derivatives("newton")):
-        assert rel(got, want) < 1e-8
+        assert rel_err(got, want) < 1e-8
 
 
 @pytest.mark.parametrize("spread", [0.15, 2.0])
@@ -175,7 +173,7 @@ def test_traces_without_graph_breaks(small_rank, spread):
     fn = torch.compile(lambda q, k, v: soft_attention(q, k, v, impl="reference", solver="newton_lowrank"),
                        backend="eager", fullgraph=True)
     eager = soft_attention(q, k, v, impl="reference", solver="newton_lowrank")
-    assert rel(fn(q, k, v), eager) < 1e-6
+    assert rel_err(fn(q, k, v), eager) < 1e-6
 
 
 def test_non_finite_matrix_is_nan_and_stays_in_its_image(small_rank):
@@ -218,7 +216,7 @@ def test_golden_backbone_takes_the_low_rank_and_matches_exact_newton(monkeypatch
         ours = models["newton_lowrank"](x.float())
     assert sum(e.numel() for _, e in seen) == 40 and all(m == 96 and not e.any() for m, e in seen), seen
     for a, b in zip(ours, exact):
-        assert rel(a, b) < 1e-5
+        assert rel_err(a, b) < 1e-5
 
 
 def test_flops_are_counted():

@@ -1,6 +1,7 @@
 """The attention core (reference backend) against a dense, textbook float64 formula."""
 import pytest
 import torch
+from utils import make_inputs
 
 from mmsoft.ops import gaussian_kernel, landmark_inverse, newton_pinv, soft_attention
 
@@ -18,17 +19,13 @@ def dense_soft(q, k, v, sym_norm):
     return a @ p @ a.transpose(-1, -2) @ v
 
 
-def make_inputs(b=2, h=3, n=50, m=7, d=16, c=5, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # Landmarks close enough that the landmark kernel is far from the identity (condition ~10).
-    q = torch.randn(b, h, n, d, generator=g, dtype=dtype) * 0.3
-    k = torch.randn(b, h, m, d, generator=g, dtype=dtype) * 0.3
-    v = torch.randn(b, h, n, c, generator=g, dtype=dtype)
-    return q, k, v
+#: The shared inputs with queries and landmarks close together: a landmark kernel far from the identity (condition
+#: ~10), in float64.
+CLOSE = dict(dtype=torch.float64, q_scale=0.3, k_scale=0.3)
 
 
 def test_gaussian_kernel_matches_dense():
-    q, k, _ = make_inputs()
+    q, k, _ = make_inputs(2, 3, 50, 7, 16, 5, **CLOSE)
     torch.testing.assert_close(gaussian_kernel(q, k), dense_gaussian(q, k), rtol=0, atol=1e-13)
     # equal rows: distance rounding must not give values above 1
     assert gaussian_kernel(k, k).max() <= 1.0
@@ -36,7 +33,7 @@ def test_gaussian_kernel_matches_dense():
 
 @pytest.mark.parametrize("sym_norm", [True, False])
 def test_soft_attention_matches_dense_formula(sym_norm):
-    q, k, v = make_inputs()
+    q, k, v = make_inputs(2, 3, 50, 7, 16, 5, **CLOSE)
     ah = dense_gaussian(k, k)
     assert torch.linalg.cond(ah).max() > 3, "test inputs should not be trivially conditioned"
     out = soft_attention(q, k, v, sym_norm=sym_norm, num_iters=30)
@@ -44,7 +41,7 @@ def test_soft_attention_matches_dense_formula(sym_norm):
 
 
 def test_newton_pinv_converges_to_inverse_and_is_per_matrix():
-    _, k, _ = make_inputs(b=3, h=1, m=9)
+    _, k, _ = make_inputs(3, 1, 50, 9, 16, 5, **CLOSE)
     ah = dense_gaussian(k, k)
     inv = newton_pinv(ah, 30)
     torch.testing.assert_close(inv, torch.linalg.inv(ah), rtol=1e-8, atol=1e-8)
@@ -64,13 +61,13 @@ def test_newton_pinv_singular_input_is_finite_pseudo_inverse():
 
 @pytest.mark.parametrize("sym_norm", [True, False])
 def test_gradcheck_float64(sym_norm):
-    q, k, v = make_inputs(b=1, h=2, n=9, m=3, d=4, c=2)
+    q, k, v = make_inputs(1, 2, 9, 3, 4, 2, **CLOSE)
     inputs = tuple(t.clone().requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: soft_attention(a, b, c, sym_norm=sym_norm, num_iters=40), inputs)
 
 
 def test_pinv_backward_is_closed_form_not_unrolled():
-    _, k, _ = make_inputs(b=1, h=1, m=6)
+    _, k, _ = make_inputs(1, 1, 50, 6, 16, 5, **CLOSE)
     ah = dense_gaussian(k, k).requires_grad_()
     out = newton_pinv(ah, 20)
     # one saved tensor node, no chain of 20 matmul nodes
@@ -83,7 +80,7 @@ def test_pinv_backward_is_closed_form_not_unrolled():
 
 
 def test_landmark_math_runs_in_fp32_under_autocast():
-    q, k, v = (t.float() for t in make_inputs(dtype=torch.float32))
+    q, k, v = make_inputs(2, 3, 50, 7, 16, 5, **{**CLOSE, "dtype": torch.float32})
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inv = landmark_inverse(k.bfloat16())
         out = soft_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())

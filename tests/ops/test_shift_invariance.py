@@ -8,7 +8,7 @@ coarse enough that q + c is exact in fp32: the comparison measures the formulati
 """
 import pytest
 import torch
-from conftest import TOLERANCES, rel_err
+from utils import TOLERANCES, make_inputs, rel_err
 
 from mmsoft.ops import ext_loader, soft_attention
 from mmsoft.ops.landmark_solvers import SOLVERS
@@ -25,19 +25,17 @@ def on_grid(t: torch.Tensor, bits: int = 10) -> torch.Tensor:
     return torch.round(t * 2.0 ** bits) / 2.0 ** bits
 
 
-def make_inputs(n: int = 48, m: int = 12, d: int = 8, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    q = on_grid(torch.randn(2, 2, n, d, generator=gen, dtype=torch.float64) * d ** -0.25)
-    k = on_grid(torch.randn(2, 2, m, d, generator=gen, dtype=torch.float64) * 0.6)
-    v = torch.randn(2, 2, n, d, generator=gen, dtype=torch.float64)
-    return q, k, v
+def grid_inputs(n: int = 48):
+    """The shared float64 inputs (2 images, 2 heads, 12 landmarks, d = 8) with q and k on the grid."""
+    q, k, v = make_inputs(2, 2, n, 12, 8, dtype=torch.float64)
+    return on_grid(q), on_grid(k), v
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("offset", [10.0, 100.0])
 def test_shared_offset_fp32_matches_float64_unshifted(solver, impl, offset):
-    q, k, v = make_inputs()
+    q, k, v = grid_inputs()
     exact = soft_attention(q, k, v, solver=solver, impl="reference")
     out = soft_attention((q + offset).float(), (k + offset).float(), v.float(), solver=solver, impl=impl)
     assert rel_err(out, exact) < 1e-5
@@ -45,14 +43,14 @@ def test_shared_offset_fp32_matches_float64_unshifted(solver, impl, offset):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_landmarks_equal_to_queries_at_offset_1e3(impl):
-    q, _, v = make_inputs(n=16)
+    q, _, v = grid_inputs(n=16)
     exact = soft_attention(q, q, v, impl="reference")
     shifted = (q + 1e3).float()
     assert rel_err(soft_attention(shifted, shifted, v.float(), impl=impl), exact) < 1e-5
 
 
 def test_gaussian_kernel_shift_invariant():
-    q, k, _ = make_inputs()
+    q, k, _ = grid_inputs()
     exact = gaussian_kernel(q, k)
     for offset in (100.0, 1e3):
         got = gaussian_kernel((q + offset).float(), (k + offset).float())
@@ -65,7 +63,7 @@ def test_gaussian_kernel_shift_invariant():
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_shared_offset_fp32_gradients_match_float64_unshifted(solver, impl):
-    q, k, v = make_inputs()
+    q, k, v = grid_inputs()
     grad = torch.randn(q.shape[:-1] + (v.shape[-1],), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     leaves64 = [t.clone().requires_grad_() for t in (q, k, v)]
     soft_attention(*leaves64, solver=solver, impl="reference").backward(grad)
@@ -91,7 +89,7 @@ def test_gradcheck_at_an_offset_float64(impl):
 def test_half_precision_at_an_offset(impl, dtype):
     """fp16 / bf16 q and v (autocast) with fp32 landmarks: the centring happens in fp32, after q is widened, so
     the error against float64 of the same (rounded) inputs stays that of the dtype, offset or not."""
-    q, k, v = make_inputs()
+    q, k, v = grid_inputs()
     q16, k32, v16 = (q + 10).to(dtype), (k + 10).float(), v.to(dtype)
     exact = soft_attention(q16.double(), k32.double(), v16.double(), impl="reference")
     assert rel_err(soft_attention(q16, k32, v16, impl=impl), exact) < TOLERANCES[dtype]

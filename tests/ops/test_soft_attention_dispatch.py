@@ -1,23 +1,10 @@
 """soft_attention end to end: every backend against the reference, dispatch ('auto' | 'ext' | 'reference'),
 the one-time fallback log, mmsoft.ops.info(), and torch.compile without graph breaks."""
-import importlib
-
 import pytest
 import torch
-from conftest import TOLERANCES, rel_err
+from utils import TOLERANCES, make_inputs, rel_err
 
-from mmsoft.ops import ext_loader, info, resolve_impl, soft_attention
-
-# The module, not the function of the same name that mmsoft.ops exports.
-sa_module = importlib.import_module("mmsoft.ops.soft_attention")
-
-
-def make_inputs(batch: int, heads: int, n: int, m: int, d: int, dtype: torch.dtype, device: str, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, heads, n, d, generator=gen) * d ** -0.25
-    k = torch.randn(batch, heads, m, d, generator=gen) * 0.6
-    v = torch.randn(batch, heads, n, d, generator=gen)
-    return [t.to(device, dtype) for t in (q, k, v)]
+from mmsoft.ops import dispatch, ext_loader, info, resolve_impl, soft_attention
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
@@ -26,7 +13,7 @@ def test_ext_matches_reference(device, dtype, sym_norm):
     """Same inputs, same Newton part: the fused products agree with the materialised ones per dtype."""
     if device == "cuda" and dtype == torch.float64:
         pytest.skip("float64 on CUDA runs the reference ('auto') or raises ('ext')")
-    q, k, v = make_inputs(2, 2, 150, 20, 32, dtype, device)
+    q, k, v = make_inputs(2, 2, 150, 20, 32, dtype=dtype, device=device)
     leaves = {}
     outs = {}
     for impl in ("ext", "reference"):
@@ -44,7 +31,7 @@ def test_ext_matches_reference(device, dtype, sym_norm):
 
 def test_mixed_dtypes_under_autocast_like_inputs(needs_cpu_ext):
     """The layer can hand over fp16 q / v with fp32 landmarks (LayerNorm under autocast); output is v's dtype."""
-    q, k, v = make_inputs(1, 2, 64, 16, 32, torch.float32, "cpu", seed=1)
+    q, k, v = make_inputs(1, 2, 64, 16, 32, dtype=torch.float32, device="cpu", seed=1)
     out = soft_attention(q.half(), k, v.half(), impl="ext")
     ref = soft_attention(q.half(), k, v.half(), impl="reference")
     assert out.dtype == torch.float16
@@ -62,7 +49,7 @@ def test_gradcheck_soft_attention_float64_cpu(needs_cpu_ext):
 
 
 def test_batch_independence_end_to_end(device):
-    q, k, v = make_inputs(3, 2, 96, 12, 32, torch.float32, device, seed=3)
+    q, k, v = make_inputs(3, 2, 96, 12, 32, dtype=torch.float32, device=device, seed=3)
     base = soft_attention(q, k, v, impl="ext")
     q2, k2, v2 = (t.clone() for t in (q, k, v))
     q2[1:], k2[1:], v2[1:] = q2[1:] * 3, k2[1:] * 5 + 1, v2[1:] * -2  # batch mates with other scales
@@ -72,7 +59,7 @@ def test_batch_independence_end_to_end(device):
 
 def test_non_contiguous_layer_layout(device):
     """q / v as the layer makes them: (B, N, heads, d) transposed to (B, heads, N, d)."""
-    q, k, v = make_inputs(2, 2, 80, 10, 32, torch.float32, device, seed=4)
+    q, k, v = make_inputs(2, 2, 80, 10, 32, dtype=torch.float32, device=device, seed=4)
     q_nc = q.transpose(1, 2).contiguous().transpose(1, 2)
     v_nc = v.transpose(1, 2).contiguous().transpose(1, 2)
     assert not q_nc.is_contiguous() and not v_nc.is_contiguous()
@@ -82,7 +69,7 @@ def test_non_contiguous_layer_layout(device):
 def test_leading_dims_are_free(needs_cpu_ext):
     # The first dim indexes images (one Newton start per image, shared by the image's other dims): 3-D inputs are
     # images of one head each; more leading dims are more heads of the same image.
-    q, k, v = make_inputs(1, 2, 40, 6, 16, torch.float32, "cpu", seed=5)
+    q, k, v = make_inputs(1, 2, 40, 6, 16, dtype=torch.float32, device="cpu", seed=5)
     three_d = soft_attention(q[0], k[0], v[0], impl="ext")
     assert three_d.shape == (2, 40, 16)
     assert torch.equal(three_d, soft_attention(q[0, :, None], k[0, :, None], v[0, :, None], impl="ext")[:, 0])
@@ -93,7 +80,7 @@ def test_leading_dims_are_free(needs_cpu_ext):
 
 
 def test_auto_uses_the_extension_when_built(needs_cpu_ext):
-    q, k, v = make_inputs(1, 1, 8, 2, 16, torch.float32, "cpu")
+    q, k, v = make_inputs(1, 1, 8, 2, 16, dtype=torch.float32, device="cpu")
     assert resolve_impl("auto", q, k, v) == "ext"
     assert resolve_impl("reference", q, k, v) == "reference"
     assert torch.equal(soft_attention(q, k, v), soft_attention(q, k, v, impl="ext"))
@@ -101,10 +88,10 @@ def test_auto_uses_the_extension_when_built(needs_cpu_ext):
 
 def test_auto_falls_back_with_one_log_line(monkeypatch):
     monkeypatch.setattr(ext_loader, "EXT_BACKENDS", frozenset())
-    monkeypatch.setattr(sa_module, "_fallbacks_logged", set())
+    monkeypatch.setattr(dispatch, "_fallbacks_logged", set())
     messages = []
-    monkeypatch.setattr(sa_module, "_emit_log", messages.append)
-    q, k, v = make_inputs(1, 2, 30, 4, 16, torch.float32, "cpu")
+    monkeypatch.setattr(dispatch, "_emit_log", messages.append)
+    q, k, v = make_inputs(1, 2, 30, 4, 16, dtype=torch.float32, device="cpu")
     outs = [soft_attention(q, k, v, impl="auto") for _ in range(3)]
     assert len(messages) == 1
     assert "not built" in messages[0] and "setup.py build_ext --inplace" in messages[0]
@@ -113,21 +100,21 @@ def test_auto_falls_back_with_one_log_line(monkeypatch):
 
 def test_ext_unavailable_raises_with_build_instructions(monkeypatch):
     monkeypatch.setattr(ext_loader, "EXT_BACKENDS", frozenset({"cuda"}))  # as if built for CUDA only
-    q, k, v = make_inputs(1, 1, 8, 2, 16, torch.float32, "cpu")
+    q, k, v = make_inputs(1, 1, 8, 2, 16, dtype=torch.float32, device="cpu")
     with pytest.raises(RuntimeError, match=r"not built for 'cpu'.*setup\.py build_ext --inplace"):
         soft_attention(q, k, v, impl="ext")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_float64_auto_falls_back_and_ext_raises():
-    q, k, v = make_inputs(1, 1, 8, 2, 16, torch.float64, "cuda")
+    q, k, v = make_inputs(1, 1, 8, 2, 16, dtype=torch.float64, device="cuda")
     assert resolve_impl("auto", q, k, v) == "reference"
     with pytest.raises(RuntimeError):
         soft_attention(q, k, v, impl="ext")
 
 
 def test_unknown_impl_and_bad_shapes_raise():
-    q, k, v = make_inputs(1, 1, 8, 2, 16, torch.float32, "cpu")
+    q, k, v = make_inputs(1, 1, 8, 2, 16, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="impl must be one of"):
         soft_attention(q, k, v, impl="cuda")
     with pytest.raises(ValueError, match="share the channel dim"):
@@ -149,7 +136,7 @@ def test_info_reports_the_build():
 @pytest.mark.parametrize("impl", ["ext", "auto"])
 def test_torch_compile_fullgraph(needs_cpu_ext, impl):
     """The custom ops have fake kernels and registered autograd: no graph break, same values as eager."""
-    q, k, v = (t.requires_grad_() for t in make_inputs(2, 2, 64, 8, 32, torch.float32, "cpu", seed=6))
+    q, k, v = (t.requires_grad_() for t in make_inputs(2, 2, 64, 8, 32, dtype=torch.float32, device="cpu", seed=6))
     compiled = torch.compile(lambda q, k, v: soft_attention(q, k, v, impl=impl), backend="aot_eager",
                              fullgraph=True)
     out = compiled(q, k, v)
@@ -182,7 +169,7 @@ def test_torch_compile_soft_attention_layer(needs_cpu_ext):
 def test_inference_mode_matches_no_grad(needs_cpu_ext):
     """The CPU kernels write into caller-allocated outputs from worker threads; under torch.inference_mode()
     those are inference tensors, so the workers must inherit the mode (regression: they raised)."""
-    q, k, v = make_inputs(2, 2, 300, 16, 32, torch.float32, "cpu")
+    q, k, v = make_inputs(2, 2, 300, 16, 32, dtype=torch.float32, device="cpu")
     with torch.no_grad():
         expected = soft_attention(q, k, v, impl="ext")
     with torch.inference_mode():
