@@ -96,39 +96,31 @@ at::Tensor landmark_centre(const at::Tensor& k) {
   return k.mean(1, /*keepdim=*/true);
 }
 
-[[noreturn]] void no_cuda(const char* op) {
-  TORCH_CHECK(false, op, ": mmsoft._ext was built without CUDA support (CPU-only torch or no nvcc at build time). "
-                         "Rebuild with a CUDA build of torch and nvcc on PATH: "
-                         "`python setup.py build_ext --inplace` (FORCE_CUDA=1 to build without a visible GPU), "
-                         "or use impl='reference'.");
+// The kernels for q's device.
+const KernelOps& ops_for(const char* op, const at::Tensor& q) {
+  if (q.is_cuda()) {
+#ifdef MMSOFT_WITH_CUDA
+    return cuda_impl::kOps;
+#else
+    TORCH_CHECK(false, op, ": mmsoft._ext was built without CUDA support (CPU-only torch or no nvcc at build time). ",
+                "Rebuild with a CUDA build of torch and nvcc on PATH: ",
+                "`python setup.py build_ext --inplace` (FORCE_CUDA=1 to build without a visible GPU), ",
+                "or use impl='reference'.");
+#endif
+  }
+  return cpu::kOps;
 }
 
 at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   constexpr const char* op = "mmsoft kernel_t_matmul (A^T v)";
   check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, nullptr, nullptr, false);
-  const auto centre = landmark_centre(k);
-  if (q.is_cuda()) {
-#ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_t_matmul_forward(q, k, centre, v);
-#else
-    no_cuda(op);
-#endif
-  }
-  return cpu::kernel_t_matmul_forward(q, k, centre, v);
+  return ops_for(op, q).t_matmul_forward(q, k, landmark_centre(k), v);
 }
 
 at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& w) {
   constexpr const char* op = "mmsoft kernel_matmul (A w)";
   check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, nullptr, nullptr, false);
-  const auto centre = landmark_centre(k);
-  if (q.is_cuda()) {
-#ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_matmul_forward(q, k, centre, w);
-#else
-    no_cuda(op);
-#endif
-  }
-  return cpu::kernel_matmul_forward(q, k, centre, w);
+  return ops_for(op, q).matmul_forward(q, k, landmark_centre(k), w);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
@@ -136,15 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
                                                                         const at::Tensor& grad_out) {
   constexpr const char* op = "mmsoft kernel_t_matmul_backward";
   check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, &grad_out, "grad_out", /*grad_rows_n=*/false);
-  const auto centre = landmark_centre(k);
-  if (q.is_cuda()) {
-#ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_t_matmul_backward(q, k, centre, v, grad_out);
-#else
-    no_cuda(op);
-#endif
-  }
-  return cpu::kernel_t_matmul_backward(q, k, centre, v, grad_out);
+  return ops_for(op, q).t_matmul_backward(q, k, landmark_centre(k), v, grad_out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
@@ -152,15 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
                                                                       const at::Tensor& grad_out) {
   constexpr const char* op = "mmsoft kernel_matmul_backward";
   check_inputs(op, q, k, w, "w", /*x_rows_n=*/false, &grad_out, "grad_out", /*grad_rows_n=*/true);
-  const auto centre = landmark_centre(k);
-  if (q.is_cuda()) {
-#ifdef MMSOFT_WITH_CUDA
-    return cuda_impl::kernel_matmul_backward(q, k, centre, w, grad_out);
-#else
-    no_cuda(op);
-#endif
-  }
-  return cpu::kernel_matmul_backward(q, k, centre, w, grad_out);
+  return ops_for(op, q).matmul_backward(q, k, landmark_centre(k), w, grad_out);
 }
 
 pybind11::dict build_info() {
@@ -199,4 +175,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kernel_matmul_backward", &mmsoft::kernel_matmul_backward, "(dq, dk, dw) of A w", pybind11::arg("q"),
         pybind11::arg("k"), pybind11::arg("w"), pybind11::arg("grad_out"));
   m.def("build_info", &mmsoft::build_info, "what this build of mmsoft._ext contains");
+  m.def("acc_dtype", &mmsoft::acc_type_of, "accumulation dtype of the kernels for inputs of `dtype`",
+        pybind11::arg("dtype"));
 }

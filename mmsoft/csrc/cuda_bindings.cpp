@@ -84,60 +84,54 @@ at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
-                                                                        const at::Tensor& centre,
-                                                                        const at::Tensor& v,
-                                                                        const at::Tensor& grad_out) {
-  // out = A^T v: x = v (N-sized), y = grad_out (landmark-sized); dv = A grad_out comes from the rows pass.
-  constexpr const char* op = "mmsoft kernel_t_matmul_backward";
+namespace {
+
+// Shared backward with G = A o (x y^T), x (B, N, c) N-sized, y (B, m, c) landmark-sized. The third gradient is A y
+// (N-sized, from the rows pass) when `transposed` (out = A^T v: x = v, y = grad_out), else A^T x (landmark-sized,
+// from the cols pass; out = A w: x = grad_out, y = w).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                                        const at::Tensor& centre, const at::Tensor& x,
+                                                        const at::Tensor& y, bool transposed) {
   const auto kind = kind_of(op, q);
-  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = v.size(2);
+  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = x.size(2);
   check_channels(op, d, c);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto stream = current_stream();
   auto dq = at::empty_like(q);
-  auto dv = at::empty_like(v);
   auto dk = at::empty_like(k);
-  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(), v.data_ptr(),
-                                      grad_out.data_ptr<float>(), dq.data_ptr(), dv.data_ptr(), batch, n, m, d, c,
-                                      stream),
+  auto third = transposed ? at::empty_like(x) : at::empty_like(y);
+  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(), x.data_ptr(),
+                                      y.data_ptr<float>(), dq.data_ptr(), transposed ? third.data_ptr() : nullptr,
+                                      batch, n, m, d, c, stream),
                op);
   const int64_t splits = cuda::reduction_splits(batch, n, m, d, c, num_sms());
-  auto workspace = at::empty({splits * batch * m * (d + 1)}, k.options());
-  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(), v.data_ptr(),
-                                      grad_out.data_ptr<float>(), dk.data_ptr<float>(), nullptr,
-                                      workspace.data_ptr<float>(), splits, batch, n, m, d, c, stream),
+  auto workspace = at::empty({splits * batch * m * (d + 1 + (transposed ? 0 : c))}, k.options());
+  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(), x.data_ptr(),
+                                      y.data_ptr<float>(), dk.data_ptr<float>(),
+                                      transposed ? nullptr : third.data_ptr<float>(), workspace.data_ptr<float>(),
+                                      splits, batch, n, m, d, c, stream),
                op);
-  return {dq, dk, dv};
+  return {dq, dk, third};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
+                                                                        const at::Tensor& centre,
+                                                                        const at::Tensor& v,
+                                                                        const at::Tensor& grad_out) {
+  return backward("mmsoft kernel_t_matmul_backward", q, k, centre, v, grad_out, /*transposed=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
                                                                       const at::Tensor& centre,
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out) {
-  // out = A w: x = grad_out (N-sized), y = w (landmark-sized); dw = A^T grad_out comes from the cols pass.
-  constexpr const char* op = "mmsoft kernel_matmul_backward";
-  const auto kind = kind_of(op, q);
-  const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = w.size(2);
-  check_channels(op, d, c);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto stream = current_stream();
-  auto dq = at::empty_like(q);
-  auto dk = at::empty_like(k);
-  auto dw = at::empty_like(w);
-  check_launch(cuda::kernel_grad_rows(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(),
-                                      grad_out.data_ptr(), w.data_ptr<float>(), dq.data_ptr(), nullptr, batch, n, m, d,
-                                      c, stream),
-               op);
-  const int64_t splits = cuda::reduction_splits(batch, n, m, d, c, num_sms());
-  auto workspace = at::empty({splits * batch * m * (d + 1 + c)}, k.options());
-  check_launch(cuda::kernel_grad_cols(kind, q.data_ptr(), k.data_ptr<float>(), centre.data_ptr<float>(),
-                                      grad_out.data_ptr(), w.data_ptr<float>(), dk.data_ptr<float>(),
-                                      dw.data_ptr<float>(), workspace.data_ptr<float>(), splits, batch, n, m, d, c,
-                                      stream),
-               op);
-  return {dq, dk, dw};
+  return backward("mmsoft kernel_matmul_backward", q, k, centre, grad_out, w, /*transposed=*/false);
 }
+
+}  // namespace
+
+const KernelOps kOps{&kernel_t_matmul_forward, &kernel_matmul_forward, &kernel_t_matmul_backward,
+                     &kernel_matmul_backward};
 
 }  // namespace cuda_impl
 }  // namespace mmsoft

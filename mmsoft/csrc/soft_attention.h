@@ -16,44 +16,35 @@
 
 namespace mmsoft {
 
-// Accumulation dtype of an input dtype: float64 stays float64, everything else accumulates in float32.
-inline at::ScalarType acc_type_of(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+// Accumulation dtype of an input dtype: float64 stays float64, everything else accumulates in float32. The only
+// such mapping in the C++ code; exported as mmsoft._ext.acc_dtype, and tests/ops/test_ext_kernels.py checks that it
+// agrees with mmsoft.ops.precision.acc_dtype.
+constexpr at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// out = A^T v: (B, m, c) in acc(T); out = A w: (B, N, c) in T.
+using ForwardFn = at::Tensor (*)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
+                                 const at::Tensor& x_or_w);
+// (dq [T], dk [acc], third): the gradients of one forward op given its grad_out.
+using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(const at::Tensor& q, const at::Tensor& k,
+                                                                      const at::Tensor& centre,
+                                                                      const at::Tensor& v_or_w,
+                                                                      const at::Tensor& grad_out);
+
+// The four ops of one backend (cpu::kOps, cuda_impl::kOps); bindings.cpp validates and picks one by q's device.
+struct KernelOps {
+  ForwardFn t_matmul_forward;    // A^T v
+  ForwardFn matmul_forward;      // A w
+  BackwardFn t_matmul_backward;  // of A^T v, grad_out (B, m, c) in acc(T): (dq [T], dk [acc], dv [T])
+  BackwardFn matmul_backward;    // of A w, grad_out (B, N, c) in T: (dq [T], dk [acc], dw [acc])
+};
 
 namespace cpu {
-// out = A^T v: (B, m, c) in acc(T).
-at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
-                                   const at::Tensor& v);
-// out = A w: (B, N, c) in T.
-at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
-                                 const at::Tensor& w);
-// Gradients of out = A^T v given grad_out (B, m, c) in acc(T): (dq [T], dk [acc], dv [T]).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
-                                                                        const at::Tensor& centre,
-                                                                        const at::Tensor& v,
-                                                                        const at::Tensor& grad_out);
-// Gradients of out = A w given grad_out (B, N, c) in T: (dq [T], dk [acc], dw [acc]).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
-                                                                      const at::Tensor& centre,
-                                                                      const at::Tensor& w,
-                                                                      const at::Tensor& grad_out);
+extern const KernelOps kOps;
 }  // namespace cpu
 
 #ifdef MMSOFT_WITH_CUDA
-namespace cuda_impl {  // the same four ops as cpu::, on CUDA tensors
-at::Tensor kernel_t_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
-                                   const at::Tensor& v);
-at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,
-                                 const at::Tensor& w);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
-                                                                        const at::Tensor& centre,
-                                                                        const at::Tensor& v,
-                                                                        const at::Tensor& grad_out);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
-                                                                      const at::Tensor& centre,
-                                                                      const at::Tensor& w,
-                                                                      const at::Tensor& grad_out);
+namespace cuda_impl {
+extern const KernelOps kOps;
 // Largest head / value dim the CUDA kernels accept.
 int64_t max_channels();
 }  // namespace cuda_impl

@@ -105,6 +105,16 @@ def test_ext_unavailable_raises_with_build_instructions(monkeypatch):
         soft_attention(q, k, v, impl="ext")
 
 
+def test_ext_eligibility_reads_the_cuda_limit_of_the_build(monkeypatch):
+    """The CUDA channel limit comes from the build (build_info()['cuda_max_channels']), not from a Python copy."""
+    monkeypatch.setattr(ext_loader, "EXT_BACKENDS", frozenset({"cpu", "cuda"}))
+    monkeypatch.setattr(ext_loader, "CUDA_MAX_CHANNELS", 16)
+    assert ext_loader.ext_unsupported("cuda", (torch.float32,), 16) is None
+    assert "up to 16" in ext_loader.ext_unsupported("cuda", (torch.float32,), 17)
+    assert "float64" in ext_loader.ext_unsupported("cuda", (torch.float64,), 8)
+    assert ext_loader.ext_unsupported("cpu", (torch.float64,), 512) is None  # the CPU kernels have neither limit
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_float64_auto_falls_back_and_ext_raises():
     q, k, v = make_inputs(1, 1, 8, 2, 16, dtype=torch.float64, device="cuda")

@@ -279,5 +279,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
   return backward_impl<false>(q, k, centre, grad_out, w);
 }
 
+const KernelOps kOps{&kernel_t_matmul_forward, &kernel_matmul_forward, &kernel_t_matmul_backward,
+                     &kernel_matmul_backward};
+
 }  // namespace cpu
 }  // namespace mmsoft

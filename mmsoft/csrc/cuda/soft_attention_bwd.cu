@@ -43,14 +43,10 @@ __global__ void __launch_bounds__(C::THREADS)
     half_sq_norms<C>(q_t, d, hq);
 
     float dq_acc[4][C::CPT], ay_acc[4][kAyCols], gsum[4];
+    zero_acc(dq_acc);
+    zero_acc(ay_acc);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      gsum[i] = 0.f;
-#pragma unroll
-      for (int u = 0; u < C::CPT; ++u) dq_acc[i][u] = 0.f;
-#pragma unroll
-      for (int u = 0; u < kAyCols; ++u) ay_acc[i][u] = 0.f;
-    }
+    for (int i = 0; i < 4; ++i) gsum[i] = 0.f;
 
     for (int64_t j0 = 0; j0 < m; j0 += C::TILE) {
       __syncthreads();
@@ -62,18 +58,9 @@ __global__ void __launch_bounds__(C::THREADS)
       micro_dot<C>(q_t, k_t, d, ty, tx, s);
       micro_dot<C>(x_t, y_t, c, ty, tx, t);
       __syncthreads();
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ty + C::TS * i;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int jl = tx + C::TS * j;
-          const bool valid = n0 + r < n && j0 + jl < m;
-          const float a = valid ? gauss(s[i][j] + hq[r] + hk[jl]) : 0.f;
-          g_s[r * C::LD + jl] = a * t[i][j];
-          if (kWithAy) a_s[r * C::LD + jl] = a;
-        }
-      }
+      gaussian_micro_tile<C>(s, hq, hk, n0, n, j0, m, ty, tx);
+      store_micro_tile<C>(s, t, g_s, ty, tx);  // G = A o (x y^T)
+      if (kWithAy) store_micro_tile<C>(s, a_s, ty, tx);
       __syncthreads();
       for (int jl = 0; jl < C::TILE; ++jl) {
         float gv[4];
@@ -170,14 +157,10 @@ __global__ void __launch_bounds__(C::THREADS)
 
     // Thread owns landmarks j0 + ty + TS*i and channels tx + TS*u.
     float dk_acc[4][C::CPT], atx_acc[4][kAtxCols], gcol[4];
+    zero_acc(dk_acc);
+    zero_acc(atx_acc);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      gcol[i] = 0.f;
-#pragma unroll
-      for (int u = 0; u < C::CPT; ++u) dk_acc[i][u] = 0.f;
-#pragma unroll
-      for (int u = 0; u < kAtxCols; ++u) atx_acc[i][u] = 0.f;
-    }
+    for (int i = 0; i < 4; ++i) gcol[i] = 0.f;
 
     for (int64_t n0 = row_begin; n0 < row_end; n0 += C::TILE) {
       __syncthreads();
@@ -189,18 +172,9 @@ __global__ void __launch_bounds__(C::THREADS)
       micro_dot<C>(q_t, k_t, d, ty, tx, s);
       micro_dot<C>(x_t, y_t, c, ty, tx, t);
       __syncthreads();
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ty + C::TS * i;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int jl = tx + C::TS * j;
-          const bool valid = n0 + r < row_end && j0 + jl < m;
-          const float a = valid ? gauss(s[i][j] + hq[r] + hk[jl]) : 0.f;
-          g_s[r * C::LD + jl] = a * t[i][j];
-          if (kWithAtx) a_s[r * C::LD + jl] = a;
-        }
-      }
+      gaussian_micro_tile<C>(s, hq, hk, n0, row_end, j0, m, ty, tx);
+      store_micro_tile<C>(s, t, g_s, ty, tx);  // G = A o (x y^T)
+      if (kWithAtx) store_micro_tile<C>(s, a_s, ty, tx);
       __syncthreads();
       for (int r = 0; r < C::TILE; ++r) {
         float gv[4];

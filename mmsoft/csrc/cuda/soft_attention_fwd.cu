@@ -35,11 +35,7 @@ __global__ void __launch_bounds__(C::THREADS)
     half_sq_norms<C>(q_t, d, hq);
 
     float acc[4][C::CPT];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int u = 0; u < C::CPT; ++u) acc[i][u] = 0.f;
-    }
+    zero_acc(acc);
 
     for (int64_t j0 = 0; j0 < m; j0 += C::TILE) {
       __syncthreads();
@@ -50,16 +46,8 @@ __global__ void __launch_bounds__(C::THREADS)
       float s[4][4];
       micro_dot<C>(q_t, k_t, d, ty, tx, s);
       __syncthreads();
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ty + C::TS * i;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int jl = tx + C::TS * j;
-          const bool valid = n0 + r < n && j0 + jl < m;
-          a_s[r * C::LD + jl] = valid ? gauss(s[i][j] + hq[r] + hk[jl]) : 0.f;
-        }
-      }
+      gaussian_micro_tile<C>(s, hq, hk, n0, n, j0, m, ty, tx);
+      store_micro_tile<C>(s, a_s, ty, tx);
       __syncthreads();
       for (int jl = 0; jl < C::TILE; ++jl) {
         float av[4];
@@ -123,11 +111,7 @@ __global__ void __launch_bounds__(C::THREADS)
 
     // Thread owns landmarks j0 + ty + TS*i and channels tx + TS*u.
     float acc[4][C::CPT];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int u = 0; u < C::CPT; ++u) acc[i][u] = 0.f;
-    }
+    zero_acc(acc);
 
     for (int64_t n0 = row_begin; n0 < row_end; n0 += C::TILE) {
       __syncthreads();
@@ -138,16 +122,8 @@ __global__ void __launch_bounds__(C::THREADS)
       float s[4][4];
       micro_dot<C>(q_t, k_t, d, ty, tx, s);
       __syncthreads();
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ty + C::TS * i;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int jl = tx + C::TS * j;
-          const bool valid = n0 + r < row_end && j0 + jl < m;
-          a_s[r * C::LD + jl] = valid ? gauss(s[i][j] + hq[r] + hk[jl]) : 0.f;
-        }
-      }
+      gaussian_micro_tile<C>(s, hq, hk, n0, row_end, j0, m, ty, tx);
+      store_micro_tile<C>(s, a_s, ty, tx);
       __syncthreads();
       for (int r = 0; r < C::TILE; ++r) {
         float av[4];

@@ -163,6 +163,56 @@ __device__ __forceinline__ void micro_dot(const float* __restrict__ a, const flo
 // exp(-|q - k|^2 / 2) from q.k - |q|^2/2 - |k|^2/2; the clamp removes rounding noise above 0 (as the reference does).
 __device__ __forceinline__ float gauss(float arg) { return expf(fminf(arg, 0.f)); }
 
+// The Gaussian tile fill, in place: s[i][j] = <q_r, k_j> of this thread's micro-tile (micro_dot of the centred q and
+// k tiles: rows r = ty + TS*i, landmarks jl = tx + TS*j) becomes A = exp(-|q_r - k_j|^2 / 2) from hq / hk (the
+// -|.|^2 / 2 of the tile's rows / landmarks), and 0 where the row row0 + r reaches row_end or the landmark j0 + jl
+// reaches m. Reads hq / hk: call it after the barrier that follows their half_sq_norms.
+template <class C>
+__device__ __forceinline__ void gaussian_micro_tile(float (&s)[4][4], const float* __restrict__ hq,
+                                                    const float* __restrict__ hk, int64_t row0, int64_t row_end,
+                                                    int64_t j0, int64_t m, int ty, int tx) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty + C::TS * i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int jl = tx + C::TS * j;
+      const bool valid = row0 + r < row_end && j0 + jl < m;
+      s[i][j] = valid ? gauss(s[i][j] + hq[r] + hk[jl]) : 0.f;
+    }
+  }
+}
+
+// dst[r][jl] = a[i][j] (times factor[i][j] when given) for this thread's micro-tile, dst a TILE x LD shared tile
+// indexed [row][landmark].
+template <class C>
+__device__ __forceinline__ void store_micro_tile(const float (&a)[4][4], float* __restrict__ dst, int ty, int tx) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dst[(ty + C::TS * i) * C::LD + tx + C::TS * j] = a[i][j];
+  }
+}
+template <class C>
+__device__ __forceinline__ void store_micro_tile(const float (&a)[4][4], const float (&factor)[4][4],
+                                                 float* __restrict__ dst, int ty, int tx) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dst[(ty + C::TS * i) * C::LD + tx + C::TS * j] = a[i][j] * factor[i][j];
+  }
+}
+
+// acc[i][u] = 0 for a 4 x K register accumulator.
+template <int K>
+__device__ __forceinline__ void zero_acc(float (&acc)[4][K]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int u = 0; u < K; ++u) acc[i][u] = 0.f;
+  }
+}
+
 // out[b, r] = sum_s ws[b, s, r] for r < inner (ws: batch x splits x inner floats). Defined in soft_attention_fwd.cu.
 cudaError_t launch_sum_splits(const float* ws, float* out, int64_t batch, int64_t splits, int64_t inner,
                               cudaStream_t stream);
