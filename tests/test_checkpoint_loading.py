@@ -17,8 +17,9 @@ import torch
 from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_checkpoints, demo_options
 from helpers.run_configs import PYTHON, ROOT, subprocess_env
 
+from mmsoft.checkpoint import CheckpointError, load_checkpoint_safely
 from mmsoft.models import SOFT
-from mmsoft.utils import CheckpointError, check_checkpoint_fits, load_checkpoint_safely
+from mmsoft.utils import check_checkpoint_fits
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +201,7 @@ def test_remote_schemes_are_forced_weights_only(evil, fake_scheme, monkeypatch):
 
 
 def test_tools_route_every_scheme_through_the_checks(demo, evil, fake_scheme, monkeypatch):
-    from mmsoft.utils import use_safe_checkpoint_loading
+    from mmsoft.checkpoint import use_safe_checkpoint_loading
 
     path, marker = evil
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -216,7 +217,7 @@ def test_tools_route_every_scheme_through_the_checks(demo, evil, fake_scheme, mo
 
 
 def test_explicit_unsafe_load_inside_the_forced_block_is_refused(demo):
-    from mmsoft.utils.checkpoint_safety import forced_weights_only
+    from mmsoft.checkpoint import forced_weights_only
 
     with forced_weights_only(), pytest.raises(CheckpointError, match="only with weights_only=True"):
         torch.load(demo["det"], weights_only=False)

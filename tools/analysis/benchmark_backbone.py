@@ -237,7 +237,8 @@ def _demo_backbone(device: str):
         from mmengine.registry import MODELS, init_default_scope
         from mmengine.runner import load_checkpoint
 
-        from mmsoft.utils import prepare_scope, use_safe_checkpoint_loading
+        from mmsoft.checkpoint import use_safe_checkpoint_loading
+        from mmsoft.utils import prepare_scope
 
         cfg = Config.fromfile(str(DEMO_CONFIG))
         init_default_scope(prepare_scope(cfg))

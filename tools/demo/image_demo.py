@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 from mmengine.config import Config, DictAction
 from mmengine.structures import InstanceData, PixelData
 
-from mmsoft.utils import CheckpointError, check_checkpoint_fits, prepare_scope, use_safe_checkpoint_loading
+from mmsoft.checkpoint import CheckpointError, use_safe_checkpoint_loading
+from mmsoft.utils import check_checkpoint_fits, prepare_scope
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
