@@ -11,7 +11,7 @@ from .dependencies import check_dependencies
 check_dependencies()  # before anything imports mmcv / mmengine: an incompatible stack gets the pip command to run
 
 from . import models, ops  # noqa: E402
-from .utils.checkpoint_safety import allow_mmengine_checkpoint_types  # noqa: E402
+from .checkpoint import allow_mmengine_checkpoint_types  # noqa: E402
 from .version import __version__  # noqa: E402
 
 allow_mmengine_checkpoint_types()

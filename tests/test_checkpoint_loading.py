@@ -17,8 +17,9 @@ import torch
 from helpers.demo_checkpoints import DET_CONFIG, SEG_CONFIG, demo_checkpoints, demo_options
 from helpers.run_configs import PYTHON, ROOT, subprocess_env
 
+from mmsoft.checkpoint import CheckpointError, load_checkpoint_safely
 from mmsoft.models import SOFT
-from mmsoft.utils import CheckpointError, check_checkpoint_fits, load_checkpoint_safely
+from mmsoft.utils import check_checkpoint_fits
 
 pytestmark = pytest.mark.slow
 
@@ -139,9 +140,9 @@ def test_payload_runs_under_plain_torch_load_with_the_variable(demo, tmp_path):
 def _entry_points(demo, path: Path, tmp: Path) -> dict[str, list[str]]:
     det_opts = demo_options("det", demo["data"])
     image = str(demo["data"] / "coco/val/000000.png")
-    bench = ("import importlib.util, sys; from pathlib import Path\n"
-             "spec = importlib.util.spec_from_file_location('bench', 'tools/analysis/benchmark_backbone.py')\n"
-             "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+    bench = ("import sys; from pathlib import Path\n"
+             "sys.path.insert(0, 'tools/analysis')  # what running the script does: its folder first\n"
+             "import benchmark_backbone as mod\n"
              "mod.DEMO_CKPT = Path(sys.argv[1]); mod._demo_backbone('cpu')")
     return {
         "init_cfg Pretrained": [PYTHON, "-c", "import sys; from mmsoft.models import SOFT; SOFT(arch='tiny', "
@@ -200,7 +201,7 @@ def test_remote_schemes_are_forced_weights_only(evil, fake_scheme, monkeypatch):
 
 
 def test_tools_route_every_scheme_through_the_checks(demo, evil, fake_scheme, monkeypatch):
-    from mmsoft.utils import use_safe_checkpoint_loading
+    from mmsoft.checkpoint import use_safe_checkpoint_loading
 
     path, marker = evil
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -216,7 +217,7 @@ def test_tools_route_every_scheme_through_the_checks(demo, evil, fake_scheme, mo
 
 
 def test_explicit_unsafe_load_inside_the_forced_block_is_refused(demo):
-    from mmsoft.utils.checkpoint_safety import forced_weights_only
+    from mmsoft.checkpoint import forced_weights_only
 
     with forced_weights_only(), pytest.raises(CheckpointError, match="only with weights_only=True"):
         torch.load(demo["det"], weights_only=False)

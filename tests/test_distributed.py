@@ -15,8 +15,8 @@ import pytest
 import torch
 from helpers.run_configs import PYTHON, ROOT, free_port, retinanet_test_config, run_logged, subprocess_env
 
+from mmsoft.checkpoint import allow_mmengine_checkpoint_types
 from mmsoft.testing import generate_demo_data
-from mmsoft.utils import allow_mmengine_checkpoint_types
 
 pytestmark = pytest.mark.slow
 

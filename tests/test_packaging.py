@@ -41,3 +41,18 @@ def test_wheel_installs_into_a_fresh_venv_with_the_stack(tmp_path):
                "print(mmsoft.__file__); print(mmsoft.ops.ext_available('cpu'))"], cwd=tmp_path)
     installed_at, ext = out.split()
     assert installed_at.startswith(site) and ext == "True"
+
+
+@pytest.mark.parametrize("first", ["mmsoft.models.backbones.soft_converter", "mmsoft.models.backbones.soft",
+                                   "mmsoft.utils.channel_check", "mmsoft.utils.checkpoint_fit", "mmsoft.checkpoint",
+                                   "mmsoft.utils.complexity"])
+def test_layers_import_first_in_a_fresh_interpreter(first):
+    # Layers: mmsoft.checkpoint and mmsoft.ops below the models, mmsoft.utils (the tools' set-up) above them. Any
+    # module imports first without an import loop, and the models never pull in mmsoft.utils.
+    code = (f"import sys, {first}\n"
+            "import mmsoft.models\n"
+            "print(sorted(m for m in sys.modules if m == 'mmsoft.utils' or m.startswith('mmsoft.utils.')))")
+    out = run([sys.executable, "-c", code], cwd=ROOT).strip()
+    if not first.startswith("mmsoft.utils"):
+        # mmsoft.utils.cpu_amp / dist_env are the registry's lazy locations: only imported when a runner builds
+        assert out == "[]", f"importing {first} and mmsoft.models imported {out}"

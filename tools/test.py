@@ -1,27 +1,15 @@
 """Evaluate a checkpoint of an mmdet or mmseg config with an mmsoft backbone (mmdet's CLI).
 
-The checkpoint is loaded weights-only and verified (mmsoft.utils.checkpoint_safety) and must fit the model exactly
+The checkpoint is loaded weights-only and verified (mmsoft.checkpoint) and must fit the model exactly
 (no missing tensors, no other shapes); a damaged or unfitting checkpoint, or an evaluation without metrics, stops
 with an error naming the file and what is wrong.
 """
 import argparse
-import os
-import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmsoft.utils import (
-    CheckpointError,
-    CheckpointFitHook,
-    check_backbone_channels,
-    check_dataset_exists,
-    prepare_scope,
-    setup_cpu_distributed,
-    use_safe_checkpoint_loading,
-)
+from mmsoft.checkpoint import CheckpointError
+from mmsoft.utils import CheckpointFitHook
+from mmsoft.utils.run_setup import add_run_arguments, build_runner, load_run_config, parse_run_arguments, prepare_run
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,36 +20,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", help="the dir to save the evaluation metrics")
     parser.add_argument("--out", help="dump predictions to this pickle file for offline evaluation")
     parser.add_argument("--show-dir", help="save visualised predictions under work_dir/timestamp/SHOW_DIR")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override config settings, key=value pairs")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="job launcher")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args()
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
-    return args
+    add_run_arguments(parser, "override config settings, key=value pairs")
+    return parse_run_arguments(parser)
 
 
 def main() -> None:
     """Build the runner, load the checkpoint and run the test loop."""
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_run_config(args)
     cfg.load_from = args.checkpoint
-    scope = prepare_scope(cfg)
-    try:
-        check_dataset_exists(cfg, ("test_dataloader",))
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
-    use_safe_checkpoint_loading()
-    setup_cpu_distributed(cfg)
+    scope = prepare_run(cfg, "test_dataloader")
     if args.show_dir:
         vis_hook = cfg.default_hooks.get("visualization")
         if vis_hook is None:
@@ -77,9 +45,7 @@ def main() -> None:
             raise ValueError(f"--out must be a .pkl/.pickle file, got {args.out}")
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) else cfg.test_evaluator
         cfg.test_evaluator.append(dict(type="DumpResults", out_file_path=args.out))
-    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    check_backbone_channels(runner.model)
-    runner.register_hook(CheckpointFitHook(args.checkpoint), priority="VERY_HIGH")  # evaluate only what fits exactly
+    runner = build_runner(cfg, CheckpointFitHook(args.checkpoint))  # evaluate only what fits exactly
     try:
         metrics = runner.test()
     except CheckpointError as err:

@@ -6,24 +6,14 @@ Same command line as mmdet's tools/train.py; the config's ``default_scope`` pick
 ``--amp`` uses mmengine's float16 AmpOptimWrapper on a GPU and bfloat16 CPU autocast without one.
 """
 import argparse
-import os
-import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.optim import AmpOptimWrapper
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-from mmsoft.utils import (
-    CheckpointError,
-    CheckpointFitHook,
-    check_backbone_channels,
-    check_dataset_exists,
-    prepare_scope,
-    setup_cpu_distributed,
-    use_safe_checkpoint_loading,
-)
+from mmsoft.checkpoint import CheckpointError
+from mmsoft.utils import CheckpointFitHook
+from mmsoft.utils.run_setup import add_run_arguments, build_runner, load_run_config, parse_run_arguments, prepare_run
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,27 +26,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--auto-scale-lr", action="store_true", help="scale the lr by the real batch size")
     parser.add_argument("--resume", nargs="?", type=str, const="auto",
                         help="resume from this checkpoint; without a path, from the latest in work_dir")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction,
-                        help="override config settings, key=value pairs, e.g. train_cfg.max_iters=10")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
-                        help="job launcher")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = parser.parse_args()
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
-    return args
+    add_run_arguments(parser, "override config settings, key=value pairs, e.g. train_cfg.max_iters=10")
+    return parse_run_arguments(parser)
 
 
 def build_config(args: argparse.Namespace) -> Config:
     """Load the config and apply the command-line overrides."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get("work_dir", None) is None:
-        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    cfg = load_run_config(args)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
@@ -94,18 +70,9 @@ def main() -> None:
     """Build the runner from the config and train."""
     args = parse_args()
     cfg = build_config(args)
-    prepare_scope(cfg)
-    try:
-        check_dataset_exists(cfg, ("train_dataloader",))
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
-    use_safe_checkpoint_loading()
-    setup_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    check_backbone_channels(runner.model)
+    prepare_run(cfg, "train_dataloader")
     # resumed checkpoints must fit exactly; load_from (fine-tuning) may differ in head shapes, e.g. other classes
-    runner.register_hook(CheckpointFitHook(cfg.get("load_from"), allow_shape_mismatch=not cfg.get("resume")),
-                         priority="VERY_HIGH")
+    runner = build_runner(cfg, CheckpointFitHook(cfg.get("load_from"), allow_shape_mismatch=not cfg.get("resume")))
     try:
         runner.train()
     except CheckpointError as err:

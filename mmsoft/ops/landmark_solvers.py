@@ -164,12 +164,13 @@ def newton_eigh_factors(mat: Tensor, num_iters: int) -> tuple[Tensor, Tensor]:
     ``alpha`` (shared by the matrices of one index of the first dim, :func:`mmsoft.ops.reference.newton_alpha`) is
     NaN for their batch mates along that dim, as in Newton-Schulz. Chosen per matrix on the device, no host sync.
     """
-    mat64 = mat.to(torch.float64)
-    finite = torch.isfinite(mat64).all(-1).all(-1)[..., None]                                   # (..., 1)
-    eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)
-    eigvals, eigvecs = torch.linalg.eigh(torch.where(finite[..., None], mat64, eye))
-    filt = newton_filter(eigvals, reference.newton_alpha(mat64)[..., 0], num_iters)
-    return eigvecs, torch.where(finite, filt, math.nan)
+    with torch.profiler.record_function("mmsoft::landmark_solve"):
+        mat64 = mat.to(torch.float64)
+        finite = torch.isfinite(mat64).all(-1).all(-1)[..., None]                                   # (..., 1)
+        eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)
+        eigvals, eigvecs = torch.linalg.eigh(torch.where(finite[..., None], mat64, eye))
+        filt = newton_filter(eigvals, reference.newton_alpha(mat64)[..., 0], num_iters)
+        return eigvecs, torch.where(finite, filt, math.nan)
 
 
 def _apply_factors(eigvecs: Tensor, filt: Tensor, x: Tensor) -> Tensor:
@@ -209,20 +210,22 @@ class NewtonEighApply(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------- 'newton_thin'
 def newton_thin_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
     """``newton_pinv(mat, num_iters) @ x`` without forming the pseudo-inverse (residual form, no autograd)."""
-    alpha = reference.newton_alpha(mat).reshape(-1, 1, 1)  # grouped on mat's own leading dims, then flattened
-    mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
-    x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
-    # V_0 x first: every factor (2I - S_j) has eigenvalues in [1, 2], so the running product only grows towards the
-    # result and never holds the 2^num_iters-times amplified directions that alpha Ah would scale back down at the end.
-    y = alpha * torch.bmm(mat3, x3)
-    if num_iters == 0:
+    with torch.profiler.record_function("mmsoft::landmark_solve"):
+        alpha = reference.newton_alpha(mat).reshape(-1, 1, 1)  # grouped on mat's own leading dims, then flattened
+        mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
+        x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
+        # V_0 x first: every factor (2I - S_j) has eigenvalues in [1, 2], so the running product only grows towards
+        # the result and never holds the 2^num_iters-times amplified directions that alpha Ah would scale back down at
+        # the end.
+        y = alpha * torch.bmm(mat3, x3)
+        if num_iters == 0:
+            return y.view_as(x)
+        resid = alpha * torch.bmm(mat3, mat3)  # S_0 = alpha Ah^2 = Ah V_0
+        for j in range(num_iters):
+            y = torch.baddbmm(y, resid, y, beta=2.0, alpha=-1.0)  # y <- (2I - S_j) y
+            if j + 1 < num_iters:
+                resid = torch.baddbmm(resid, resid, resid, beta=2.0, alpha=-1.0)  # S_{j+1} = 2 S_j - S_j^2
         return y.view_as(x)
-    resid = alpha * torch.bmm(mat3, mat3)  # S_0 = alpha Ah^2 = Ah V_0
-    for j in range(num_iters):
-        y = torch.baddbmm(y, resid, y, beta=2.0, alpha=-1.0)  # y <- (2I - S_j) y
-        if j + 1 < num_iters:
-            resid = torch.baddbmm(resid, resid, resid, beta=2.0, alpha=-1.0)  # S_{j+1} = 2 S_j - S_j^2
-    return y.view_as(x)
 
 
 class NewtonThinApply(torch.autograd.Function):
@@ -252,15 +255,16 @@ def ridge_cholesky_solve(mat: Tensor, x: Tensor, eps: float = CHOLESKY_EPS) -> T
 
     Matrices whose factorisation fails get ``x / (mean diag + ridge)`` (per matrix, no host sync).
     """
-    mat64, x64 = mat.to(torch.float64), x.to(torch.float64)
-    scale = mat64.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]  # 1 for a Gaussian kernel
-    eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)
-    chol, info = torch.linalg.cholesky_ex(mat64 + (eps * scale) * eye)
-    ok = (info == 0)[..., None, None]
-    # A failed factorisation leaves garbage (possibly inf / NaN) in chol: solve with a safe one and discard it.
-    chol = torch.where(ok, chol, eye)
-    out = torch.cholesky_solve(x64, chol)
-    return torch.where(ok, out, x64 / (scale * (1 + eps)))
+    with torch.profiler.record_function("mmsoft::landmark_solve"):
+        mat64, x64 = mat.to(torch.float64), x.to(torch.float64)
+        scale = mat64.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]  # 1 for a Gaussian kernel
+        eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)
+        chol, info = torch.linalg.cholesky_ex(mat64 + (eps * scale) * eye)
+        ok = (info == 0)[..., None, None]
+        # A failed factorisation leaves garbage (possibly inf / NaN) in chol: solve with a safe one and discard it.
+        chol = torch.where(ok, chol, eye)
+        out = torch.cholesky_solve(x64, chol)
+        return torch.where(ok, out, x64 / (scale * (1 + eps)))
 
 
 # ----------------------------------------------------------------------------------------------- the table

@@ -174,34 +174,37 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
     matrix, whose ``P`` is NaN). ``alpha`` is the published start of the whole ``mat``
     (:func:`mmsoft.ops.reference.newton_alpha`). Eagerly one host read of the certificate; none under
     ``torch.compile`` (``torch.cond``)."""
-    alpha = reference.newton_alpha(mat64)
-    c = math.ldexp(1.0, num_iters) * alpha
-    iterate = subspace_iteration(mat, rank, power_iters)
-    eager = not torch.compiler.is_compiling() and mat.device.type != "meta"
-    if eager and iterate[0].shape[-1] < mat.shape[-1] and mat64.shape[:-2].numel() > 0:
-        # A flat spectrum shows already in the float32 iterate: skip the float64 steps when no matrix can pass.
-        early = _tail(torch.linalg.matrix_norm(mat64).square(), iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
-        if not (early <= LOWRANK_EARLY_REJECT).any():
+    with torch.profiler.record_function("mmsoft::landmark_solve"):
+        alpha = reference.newton_alpha(mat64)
+        c = math.ldexp(1.0, num_iters) * alpha
+        iterate = subspace_iteration(mat, rank, power_iters)
+        eager = not torch.compiler.is_compiling() and mat.device.type != "meta"
+        if eager and iterate[0].shape[-1] < mat.shape[-1] and mat64.shape[:-2].numel() > 0:
+            # A flat spectrum shows already in the float32 iterate: skip the float64 steps when no matrix can pass.
+            early = _tail(torch.linalg.matrix_norm(mat64).square(), iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
+            if not (early <= LOWRANK_EARLY_REJECT).any():
+                eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
+                every = torch.ones_like(early, dtype=torch.bool)
+                return LowrankFactors(None, None, None, None, c, every, eigvecs, filt)
+        q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate)
+        exact = ~(err <= tolerance)  # NaN estimates (non-finite input) fail too
+        eigvecs = filt = None
+        if torch.compiler.is_compiling():
+            def all_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
+                vecs, f = eigh_factors(mat64, alpha, num_iters)
+                return vecs.contiguous(), torch.where(exact[..., None], f, 0.0)  # eigh's U is column-major
+
+            def none_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
+                return torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
+
+            eigvecs, filt = torch.cond(exact.any(), all_exact, none_exact, (mat64, alpha, exact))
+        elif mat.device.type != "meta" and exact.all():  # flat spectra: no gather / scatter copies of m x m matrices
             eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
-            return LowrankFactors(None, None, None, None, c, torch.ones_like(early, dtype=torch.bool), eigvecs, filt)
-    q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate)
-    exact = ~(err <= tolerance)  # NaN estimates (non-finite input) fail too
-    eigvecs = filt = None
-    if torch.compiler.is_compiling():
-        def all_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
-            vecs, f = eigh_factors(mat64, alpha, num_iters)
-            return vecs.contiguous(), torch.where(exact[..., None], f, 0.0)  # eigh's U is column-major
-
-        def none_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
-            return torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
-
-        eigvecs, filt = torch.cond(exact.any(), all_exact, none_exact, (mat64, alpha, exact))
-    elif mat.device.type != "meta" and exact.all():  # flat spectra: no gather / scatter copies of m x m matrices
-        eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
-    elif mat.device.type != "meta" and exact.any():
-        eigvecs, filt = torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
-        eigvecs[exact], filt[exact] = eigh_factors(mat64[exact], alpha.expand(exact.shape + (1, 1))[exact], num_iters)
-    return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt)
+        elif mat.device.type != "meta" and exact.any():
+            eigvecs, filt = torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
+            alpha_exact = alpha.expand(exact.shape + (1, 1))[exact]
+            eigvecs[exact], filt[exact] = eigh_factors(mat64[exact], alpha_exact, num_iters)
+        return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt)
 
 
 def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> Tensor:

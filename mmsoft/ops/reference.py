@@ -103,13 +103,14 @@ def newton_schulz_iterations(mat: Tensor, num_iters: int) -> Tensor:
     see :func:`newton_alpha` (shared by the matrices of one index of the first dim). Computed on the device without
     host synchronisation.
     """
-    alpha = newton_alpha(mat)
-    mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
-    inv = (alpha * mat).reshape_as(mat3)
-    for _ in range(num_iters):
-        # V <- 2 V - V (mat V), as two batched GEMMs.
-        inv = torch.baddbmm(inv, inv, torch.bmm(mat3, inv), beta=2.0, alpha=-1.0)
-    return inv.view_as(mat)
+    with torch.profiler.record_function("mmsoft::landmark_solve"):
+        alpha = newton_alpha(mat)
+        mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
+        inv = (alpha * mat).reshape_as(mat3)
+        for _ in range(num_iters):
+            # V <- 2 V - V (mat V), as two batched GEMMs.
+            inv = torch.baddbmm(inv, inv, torch.bmm(mat3, inv), beta=2.0, alpha=-1.0)
+        return inv.view_as(mat)
 
 
 def pinv_backward(inv: Tensor, grad: Tensor) -> Tensor:

@@ -3,9 +3,7 @@ generator (numpy and Pillow only)."""
 from .synthetic_shapes import (
     CLASSES,
     GENERATOR_VERSION,
-    PALETTE,
     SEG_CLASSES,
-    SEG_PALETTE,
     demo_data_paths,
     generate_demo_data,
     polygon_to_mask,
@@ -15,9 +13,7 @@ from .synthetic_shapes import (
 __all__ = [
     "CLASSES",
     "GENERATOR_VERSION",
-    "PALETTE",
     "SEG_CLASSES",
-    "SEG_PALETTE",
     "demo_data_paths",
     "generate_demo_data",
     "polygon_to_mask",

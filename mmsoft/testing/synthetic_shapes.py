@@ -41,8 +41,6 @@ __all__ = [
     "CLASSES",
     "SEG_CLASSES",
     "CLASS_HUE_RANGES",
-    "PALETTE",
-    "SEG_PALETTE",
     "GENERATOR_VERSION",
     "DEFAULT_NUM_TRAIN",
     "DEFAULT_NUM_VAL",
@@ -59,9 +57,6 @@ CLASSES = ("circle", "square", "triangle")
 SEG_CLASSES = ("background",) + CLASSES
 #: Hue range (HSV hue in turns, may wrap below 0) of each class's fill colour.
 CLASS_HUE_RANGES = {"circle": (-0.04, 0.05), "square": (0.27, 0.40), "triangle": (0.57, 0.69)}
-#: Display colours (RGB) for visualisers; one per class.
-PALETTE = [(220, 60, 40), (60, 180, 75), (50, 100, 220)]
-SEG_PALETTE = [(0, 0, 0)] + PALETTE
 #: Bump whenever the output for given arguments changes; stored in ``meta.json``.
 GENERATOR_VERSION = 1
 _FORMER_NAME = "mmsoft.datasets.synthetic_shapes"

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mmsoft.models import SOFT
+
 
 def model_input_channels(model: nn.Module) -> int:
     """Channels of the images ``model`` (an mmdet / mmseg model, possibly wrapped, or a bare backbone) takes: the
@@ -47,8 +49,6 @@ def _check_preprocessor(model: nn.Module, in_channels: int, desc: str) -> list[s
 
 def _soft_outputs(backbone: nn.Module) -> tuple[list[int], str] | None:
     """Output channels and a description of an ``mmsoft.SOFT`` backbone; None for other backbones."""
-    from mmsoft.models import SOFT  # late import: mmsoft.utils must stay importable without the models
-
     if not isinstance(backbone, SOFT):
         return None
     outs = [backbone.embed_dims[i] for i in backbone.out_indices]

@@ -16,8 +16,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
+from mmsoft.checkpoint import CheckpointError, describe_shape_mismatch
+
 from .channel_check import model_input_channels
-from .checkpoint_safety import CheckpointError
 
 _PREFIX_RE = re.compile(r"^module\.")  # what mmengine's runner strips (revise_keys)
 
@@ -42,17 +43,6 @@ def _by_module(keys: list[str], total: Counter) -> str:
         more = f", ... ({len(names) - 3} more)" if len(names) > 3 else ""
         parts.append(f"{top}: {count} tensors ({', '.join(names[:3])}{more})")
     return "; ".join(parts)
-
-
-def describe_shape_mismatch(key: str, got: tuple, want: tuple, in_channels: int) -> str:
-    """``'<key>: checkpoint <got>, model <want>'``, plus what to set when the tensor is an input convolution of a
-    model taking ``in_channels`` channels and the checkpoint was trained on images with another number."""
-    text = f"{key}: checkpoint {got}, model {want}"
-    if len(got) == len(want) == 4 and got[0] == want[0] and got[2:] == want[2:] and want[1] == in_channels:
-        text += (f" (the checkpoint was trained on {got[1]}-channel images, the model takes {in_channels}: set "
-                 f"model.backbone.in_channels={got[1]} and {got[1]} data_preprocessor mean/std values to use it, or "
-                 f"use a checkpoint trained on {in_channels}-channel images)")
-    return text
 
 
 def checkpoint_fit_problems(model: nn.Module, state: Mapping[str, Tensor],

@@ -16,13 +16,13 @@ import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from torch import nn
 
+from mmsoft.models.layers import SOFTAttention
 from mmsoft.ops.flops import soft_flop_handles
 from mmsoft.utils.channel_check import model_input_channels
 
 
 def _soft_attention_modules(model: nn.Module) -> list[nn.Module]:
-    from mmsoft.models.layers.soft_attention import SOFTAttention  # they own the Newton-Schulz iteration count
-
+    """The SOFT attention layers of ``model``: they own the Newton-Schulz iteration count."""
     return [m for m in model.modules() if isinstance(m, SOFTAttention)]
 
 

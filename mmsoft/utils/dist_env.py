@@ -48,25 +48,25 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=module, **kwargs)
 
 
-def _rank_env_slurm() -> None:
-    """Set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from slurm's variables, as mmengine does for GPUs."""
-    os.environ["RANK"] = os.environ["SLURM_PROCID"]
-    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    if "MASTER_ADDR" not in os.environ:
-        node_list = os.environ["SLURM_NODELIST"]
-        os.environ["MASTER_ADDR"] = subprocess.getoutput(f"scontrol show hostname {node_list} | head -n1")
+#: The launchers' environment variables holding (RANK, WORLD_SIZE, LOCAL_RANK).
+_LAUNCHER_RANK_VARS = {"slurm": ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+                       "mpi": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")}
 
 
-def _rank_env_mpi() -> None:
-    """Set RANK/WORLD_SIZE/LOCAL_RANK from Open MPI's variables; MASTER_ADDR must be given."""
-    os.environ["RANK"] = os.environ["OMPI_COMM_WORLD_RANK"]
-    os.environ["WORLD_SIZE"] = os.environ["OMPI_COMM_WORLD_SIZE"]
-    os.environ["LOCAL_RANK"] = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
+def _rank_env(launcher: str) -> None:
+    """Set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from slurm's or Open MPI's variables, as mmengine does for GPUs; slurm
+    gives the master address (the first node), with Open MPI MASTER_ADDR must be set."""
+    rank, world_size, local_rank = _LAUNCHER_RANK_VARS[launcher]
+    os.environ["RANK"] = os.environ[rank]
+    os.environ["WORLD_SIZE"] = os.environ[world_size]
+    os.environ["LOCAL_RANK"] = os.environ.get(local_rank, "0")
     os.environ.setdefault("MASTER_PORT", "29500")
-    if "MASTER_ADDR" not in os.environ:
-        raise KeyError("--launcher mpi needs the environment variable MASTER_ADDR")
+    if "MASTER_ADDR" in os.environ:
+        return
+    if launcher != "slurm":
+        raise KeyError(f"--launcher {launcher} needs the environment variable MASTER_ADDR")
+    node_list = os.environ["SLURM_NODELIST"]
+    os.environ["MASTER_ADDR"] = subprocess.getoutput(f"scontrol show hostname {node_list} | head -n1")
 
 
 def setup_cpu_distributed(cfg: Config) -> bool:
@@ -89,10 +89,8 @@ def setup_cpu_distributed(cfg: Config) -> bool:
 
     if torch_dist.is_initialized():
         return True
-    if launcher == "slurm":
-        _rank_env_slurm()
-    elif launcher == "mpi":
-        _rank_env_mpi()
+    if launcher in _LAUNCHER_RANK_VARS:
+        _rank_env(launcher)
     elif launcher != "pytorch":
         raise ValueError(f"unknown launcher {launcher!r}")
     kwargs = {}

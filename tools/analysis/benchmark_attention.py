@@ -8,7 +8,7 @@ Every (backend, N, mode) case runs in a fresh subprocess, so one case's allocati
 Peak memory:
   * CPU: the process' peak resident set size over the timed runs minus its resident size just before them
     (Linux: the peak counter VmHWM is reset through /proc/self/clear_refs after inputs are built and one warm-up
-    run has happened; where that is not allowed, ru_maxrss of the fresh process minus the RSS before the first run).
+    run has happened; where that is not allowed, the process' peak so far, which then includes the warm-up run).
     This counts every allocation (torch's CPU allocator, MKL scratch, the Newton GEMMs), not only tensors. Workers
     run with MALLOC_MMAP_THRESHOLD_=131072 so that glibc returns freed large blocks to the OS (its default
     threshold grows after frees, and memory kept from the warm-up run would hide part of the next run's peak).
@@ -31,16 +31,14 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from mmsoft.utils.case_subprocess import run_case_subprocess
-from mmsoft.utils.plotting import load_pyplot
-from mmsoft.utils.process_memory import reset_peak_rss, status_kib
+from benchlib.case_subprocess import run_case_subprocess
+from benchlib.process_memory import PeakMemory, reset_peak_rss, status_kib
 
 IMPLS = ("reference", "ext", "sdpa")
 MODES = ("fwd", "fwdbwd")
@@ -73,30 +71,36 @@ def _available_bytes() -> int:
     return int(match.group(1)) * 1024 if match else 1 << 62
 
 
-def run_case(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time and measure one (impl, N, mode) case in this (fresh) process."""
+def memory_guard(spec: dict[str, Any]) -> str | None:
+    """Why the case is skipped on the CPU (it could need more memory than is available, which would swap or wake the
+    OOM killer), or None. The reference keeps ~4 N x m matrices alive in backward; softmax attention may build the
+    N x N matrix (math fallback) unless SDPA has a fused CPU kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    if spec["device"] != "cpu" or spec["impl"] == "ext":
+        return None
+    n_by_m = spec["bh"] * spec["n"] * (spec["n"] if spec["impl"] == "sdpa" else spec["m"]) * 4
+    need = n_by_m * (6 if spec["mode"] == "fwdbwd" else 3)
+    if need <= 0.7 * _available_bytes() or (spec["impl"] == "sdpa" and _probe_sdpa_flash(torch, F)):
+        return None
+    return f"skipped: could need ~{need / 2**30:.0f} GiB, {_available_bytes() / 2**30:.0f} GiB available"
+
+
+def make_inputs(spec: dict[str, Any]):
+    """``q, k, v`` of the case (seed 0; q scaled by d^-1/4; SOFT landmarks: means of N/m consecutive queries, a
+    well-conditioned landmark kernel as the layer makes them; SDPA: N keys) and the attention function to time."""
     import torch
     import torch.nn.functional as F
 
     from mmsoft.ops import soft_attention
 
-    if spec["threads"] > 0:
-        torch.set_num_threads(spec["threads"])
-    # Guard against swapping / the OOM killer: the reference keeps ~4 N x m matrices alive in backward,
-    # softmax attention may build the N x N matrix (math fallback).
-    n_by_m = spec["bh"] * spec["n"] * (spec["n"] if spec["impl"] == "sdpa" else spec["m"]) * 4
-    need = n_by_m * (6 if spec["mode"] == "fwdbwd" else 3)
-    if spec["device"] == "cpu" and spec["impl"] != "ext" and need > 0.7 * _available_bytes():
-        probe = _probe_sdpa_flash(torch, F) if spec["impl"] == "sdpa" else False
-        if not probe:
-            return {**spec, "error": f"skipped: could need ~{need / 2**30:.0f} GiB, "
-                                     f"{_available_bytes() / 2**30:.0f} GiB available"}
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
-    bh, n, m, d, impl, mode = spec["bh"], spec["n"], spec["m"], spec["d"], spec["impl"], spec["mode"]
+    bh, n, m, d = spec["bh"], spec["n"], spec["m"], spec["d"]
     gen = torch.Generator().manual_seed(0)
     q = (torch.randn(bh, n, d, generator=gen) * d ** -0.25).to(device, dtype)
     v = torch.randn(bh, n, d, generator=gen).to(device, dtype)
-    if impl == "sdpa":
+    if spec["impl"] == "sdpa":
         k = (torch.randn(bh, n, d, generator=gen) * d ** -0.25).to(device, dtype)
 
         def attention(q, k, v):
@@ -104,63 +108,66 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             # fall back to the math path, which materialises B*H x N x N.
             return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
     else:
-        # Landmarks as the layer makes them: averages of query patches (a well-conditioned landmark kernel).
         k = q.float().reshape(bh, m, n // m, d).mean(2) if n % m == 0 else torch.randn(bh, m, d, generator=gen)
         k = k.to(device, torch.float32)
 
         def attention(q, k, v):
-            return soft_attention(q, k, v, num_iters=spec["num_iters"], impl=impl)
+            return soft_attention(q, k, v, num_iters=spec["num_iters"], impl=spec["impl"])
+    return q, k, v, attention, gen
 
-    backward = mode == "fwdbwd"
+
+def make_step(spec: dict[str, Any]) -> tuple[Callable[[], None], tuple]:
+    """One forward (or forward + backward, ``fwdbwd``) of the case, waited for on CUDA; and its ``q, k, v``."""
+    import torch
+
+    q, k, v, attention, gen = make_inputs(spec)
+    backward = spec["mode"] == "fwdbwd"
     if backward:
-        q.requires_grad_()
-        k.requires_grad_()
-        v.requires_grad_()
-    grad_out = torch.randn(bh, n, d, generator=gen).to(device, dtype) if backward else None
+        for t in (q, k, v):
+            t.requires_grad_()
+    grad_out = torch.randn(v.shape, generator=gen).to(v.device, v.dtype) if backward else None
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def once() -> None:
+    def step() -> None:
         for t in (q, k, v):
             t.grad = None
         with torch.set_grad_enabled(backward):
             out = attention(q, k, v)
             if backward:
                 out.backward(grad_out)
-        sync()
+        if q.device.type == "cuda":
+            torch.cuda.synchronize()
 
-    rss_start = status_kib("VmRSS")
-    cold_reset = reset_peak_rss()
-    t0 = time.perf_counter()
-    once()  # warm-up: lazy initialisation, allocator growth
-    warm = time.perf_counter() - t0
-    cold_peak = (status_kib("VmHWM") - rss_start) * 1024 if cold_reset and device.type == "cpu" else None
-    repeat = 1 if warm > 10 else spec["repeat"]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        reset = reset_peak_rss()
-        base_kib = status_kib("VmRSS") if reset else rss_start
-    times = []
-    for _ in range(repeat):
+    return step, (q, k, v)
+
+
+def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time and measure one (impl, N, mode) case in this (fresh) process: a warm-up run (its peak memory is
+    ``cold_peak_bytes`` on the CPU), then ``repeat`` timed runs (one when the warm-up took more than 10 s) with their
+    peak memory."""
+    import torch
+
+    if spec["threads"] > 0:
+        torch.set_num_threads(spec["threads"])
+    skipped = memory_guard(spec)
+    if skipped:
+        return {**spec, "error": skipped}
+    step, (q, k, v) = make_step(spec)
+    cuda = q.device.type == "cuda"
+    with PeakMemory(cuda, q.device) as cold:
         t0 = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - base
-        method = "torch.cuda.max_memory_allocated"
-    elif reset:
-        peak = (status_kib("VmHWM") - base_kib) * 1024
-        method = "VmHWM after clear_refs"
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) * 1024
-        method = "ru_maxrss of a fresh process"
+        step()  # warm-up: lazy initialisation, allocator growth
+        warm = time.perf_counter() - t0
+    repeat = 1 if warm > 10 else spec["repeat"]
+    with PeakMemory(cuda, q.device) as mem:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
     return {**spec, "time_s": statistics.median(times), "times_s": times, "warmup_s": warm,
-            "peak_bytes": max(int(peak), 0), "cold_peak_bytes": cold_peak, "memory_method": method,
-            "resolved_impl": impl if impl == "sdpa" else _resolved(impl, q, k, v)}
+            "peak_bytes": mem.peak_bytes, "cold_peak_bytes": None if cuda else cold.peak_bytes,
+            "memory_method": mem.method,
+            "resolved_impl": spec["impl"] if spec["impl"] == "sdpa" else _resolved(spec["impl"], q, k, v)}
 
 
 def _probe_sdpa_flash(torch, F) -> bool:
@@ -221,12 +228,12 @@ def ratios(results: list[dict[str, Any]], n: int) -> list[str]:
     return lines
 
 
-def plot(results: list[dict[str, Any]], impls: list[str], path: Path, title: str) -> bool:
-    """Log-log plot of time and peak memory vs N (one panel per mode and metric); False without matplotlib."""
-    plt = load_pyplot()
-    if plt is None:
-        return False
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), squeeze=False)
+def plot(results: list[dict[str, Any]], impls: list[str], path: Path, title: str) -> None:
+    """Log-log plot of time and peak memory vs N (one panel per mode and metric)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 8))
+    axes = fig.subplots(2, 2, squeeze=False)
     for col, mode in enumerate(MODES):
         for row, (key, scale, label) in enumerate((("time_s", 1e3, "time (ms)"),
                                                    ("peak_bytes", 2.0**-20, "peak memory (MiB)"))):
@@ -246,8 +253,6 @@ def plot(results: list[dict[str, Any]], impls: list[str], path: Path, title: str
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,13 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     stem = out_dir / f"benchmark_attention_{args.device}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    plotted = plot(results, impls, stem.with_suffix(".png"), title)
+    plot(results, impls, stem.with_suffix(".png"), title)
     print(f"\n{title}\n")
     print(markdown_table(results, n_list, impls))
     for n in n_list:
         for line in ratios(results, n):
             print(line)
-    print(f"\nsaved {stem.with_suffix('.json')}" + (f" and {stem.with_suffix('.png')}" if plotted else ""))
+    print(f"\nsaved {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

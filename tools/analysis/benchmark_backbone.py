@@ -15,16 +15,17 @@ Every case runs in a fresh subprocess. Time: median (JSON ``time_s``) and best (
 better estimate on a machine shared with other jobs) of ``--repeat`` runs after one warm-up run at 256x256 (lazy
 initialisation; a warm-up at full size would double the cost of minute-long CPU cases). Peak memory:
   * CPU: peak resident set size during the timed runs minus the resident size just before them (model built, warm-up
-    done; Linux VmHWM reset through /proc/self/clear_refs, else ru_maxrss of the fresh process minus the RSS after
-    the model was built). Counts every allocation (torch, MKL scratch), not only tensors.
+    done; Linux VmHWM reset through /proc/self/clear_refs, else the process' peak so far, warm-up included). Counts
+    every allocation (torch, MKL scratch), not only tensors.
   * CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated before the timed runs.
-Landmark-solver share ("solver %"): wall time spent inside the landmark solver (the Newton-Schulz iterations for
+Landmark-solver share ("solver %"): time spent inside the landmark solver (the Newton-Schulz iterations for
 ``newton``, the float64 eigendecomposition and filter for ``newton_eigh``, the residual form applied to the
 right-hand side for ``newton_thin``, the float64 Cholesky factorisation + solves for ``cholesky``, the low-rank
 factors with any fallback eigendecompositions for ``newton_lowrank``; with forward+backward also ``newton_thin``'s
-backward recomputation, not the cheap closed-form backward products) over
-the run's wall time, measured by timing those calls (``torch.cuda.synchronize`` around them on CUDA, which adds a
-few syncs). The rest of the attention (A^T V, A W, the landmark kernel) is not
+backward recomputation, not the cheap closed-form backward products) over the wall time of one more run after the
+timed ones, under ``torch.profiler``: the solvers mark their work with the range ``mmsoft::landmark_solve``, counted
+as host time on the CPU and as the device time of its kernels on CUDA (``tools/analysis/benchlib/profiler_ranges.py``;
+a range nested in another is counted once). The rest of the attention (A^T V, A W, the landmark kernel) is not
 counted.
 
 ``--accuracy`` compares the solvers on real activations: demo images (``data/demo/coco/val``) upscaled to 800x1333, the
@@ -48,16 +49,15 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from mmsoft.utils.case_subprocess import run_case_subprocess
-from mmsoft.utils.plotting import load_pyplot
-from mmsoft.utils.process_memory import reset_peak_rss, status_kib
+from benchlib.case_subprocess import run_case_subprocess
+from benchlib.process_memory import PeakMemory
+from benchlib.profiler_ranges import LANDMARK_SOLVE, range_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIGS = {
@@ -109,23 +109,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------- worker side
-def config_path(config: str) -> str:
-    """A file path for ``config``; ``mmdet::x.py`` resolves to the config shipped inside the installed mmdet."""
-    if config.startswith("mmdet::"):
-        import mmdet
+def load_model_config(name: str):
+    """The mmengine ``Config`` of model ``name``: mmsoft's own config file, or, for ``mmdet::...``, the config that
+    ships inside the installed mmdet (``mmengine.hub.get_config``)."""
+    from mmengine.config import Config
+    from mmengine.hub import get_config
 
-        return str(Path(mmdet.__file__).parent / ".mim" / "configs" / config[len("mmdet::"):])
-    return config
+    config = MODEL_CONFIGS[name]
+    return get_config(config) if "::" in config else Config.fromfile(config)
 
 
 def build_model(name: str, solver: str, what: str):
     """The detector (or its backbone) of ``name``, randomly initialised, eval mode."""
-    from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
     from mmsoft.utils import prepare_scope
 
-    cfg = Config.fromfile(config_path(MODEL_CONFIGS[name]))
+    cfg = load_model_config(name)
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.pop("pretrained", None)
     if name.startswith("soft"):
@@ -134,41 +134,6 @@ def build_model(name: str, solver: str, what: str):
     model = MODELS.build(cfg.model.backbone if what == "backbone" else cfg.model)
     model.eval()  # not `return model.eval()`: mmdet's SwinTransformer.train() override returns None
     return model
-
-
-class SolverTimer:
-    """Accumulates wall time spent inside the landmark solvers (Newton-Schulz iterations, ridge Cholesky solves)."""
-
-    def __init__(self, cuda: bool) -> None:
-        from mmsoft.ops import landmark_solvers, newton_lowrank, reference
-
-        self.total = 0.0
-        self.cuda = cuda
-        self._patches = [(reference, "newton_schulz_iterations"), (landmark_solvers, "newton_eigh_factors"),
-                         (landmark_solvers, "newton_thin_apply"), (landmark_solvers, "ridge_cholesky_solve"),
-                         (newton_lowrank, "newton_lowrank_factors")]
-        self._originals = [getattr(mod, attr) for mod, attr in self._patches]
-        for (mod, attr), fn in zip(self._patches, self._originals):
-            setattr(mod, attr, self._wrap(fn))
-
-    def _wrap(self, fn):
-        import torch
-
-        def timed(*args, **kwargs):
-            if self.cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.total += time.perf_counter() - t0
-            return out
-        return timed
-
-    def restore(self) -> None:
-        """Undo the patches."""
-        for (mod, attr), fn in zip(self._patches, self._originals):
-            setattr(mod, attr, fn)
 
 
 def _detector_inputs(size: tuple[int, int], device, backward: bool, in_channels: int = 3):
@@ -190,8 +155,56 @@ def _detector_inputs(size: tuple[int, int], device, backward: bool, in_channels:
     return img, [sample]
 
 
+def make_step(model, what: str, backward: bool, device) -> Callable[[tuple[int, int]], None]:
+    """One run of ``model`` on an input of a given size: ``forward`` under ``torch.no_grad`` (the detector in
+    ``predict`` mode), or ``forward+backward`` (the detector's losses, the backbone's mean square outputs), waited for
+    on CUDA."""
+    import torch
+
+    from mmsoft.utils.channel_check import model_input_channels
+
+    in_channels = model_input_channels(model)
+
+    def step(size: tuple[int, int]) -> None:
+        img, samples = _detector_inputs(size, device, backward, in_channels)
+        if backward:
+            model.zero_grad(set_to_none=True)
+            if what == "detector":
+                losses = model(img, samples, mode="loss")
+                total = sum(sum(v) if isinstance(v, list) else v for k, v in losses.items() if "loss" in k)
+            else:
+                total = sum(o.float().square().mean() for o in model(img))
+            total.backward()
+        else:
+            with torch.no_grad():
+                model(img, samples, mode="predict") if what == "detector" else model(img)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def timed_runs(step: Callable[[], None], repeat: int) -> list[float]:
+    """Wall seconds of ``repeat`` calls of ``step``."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def solver_share(step: Callable[[], None], cuda: bool) -> dict[str, Any]:
+    """The landmark solves' seconds and share of one more, profiled run (:mod:`benchlib.profiler_ranges`)."""
+    wall, inside = range_seconds(step, LANDMARK_SOLVE, cuda)
+    return {"solver_s": inside, "solver_share": inside / wall if wall else 0.0, "solver_run_s": wall,
+            "solver_method": "torch.profiler range " + LANDMARK_SOLVE + (" (device time)" if cuda else " (CPU time)")}
+
+
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time and measure one (model, solver, size, mode) case in this (fresh) process."""
+    """Time and measure one (model, solver, size, mode) case in this (fresh) process: one warm-up run at
+    :data:`WARMUP_SIZE`, ``repeat`` timed runs with their peak memory, then (SOFT models) one profiled run for the
+    landmark solver's share."""
     import torch
 
     if spec["threads"] > 0:
@@ -200,59 +213,18 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     cuda = device.type == "cuda"
     backward = spec["mode"] == "forward+backward"
     model = build_model(spec["model"], spec["solver"], spec["what"]).to(device)
-    if backward:
-        model.train()
-    rss_built = status_kib("VmRSS")
-    from mmsoft.utils.channel_check import model_input_channels
-
-    in_channels = model_input_channels(model)
-
-    def once(size: tuple[int, int]) -> None:
-        img, samples = _detector_inputs(size, device, backward, in_channels)
-        if backward:
-            model.zero_grad(set_to_none=True)
-            if spec["what"] == "detector":
-                losses = model(img, samples, mode="loss")
-                total = sum(sum(v) if isinstance(v, list) else v for k, v in losses.items() if "loss" in k)
-            else:
-                total = sum(o.float().square().mean() for o in model(img))
-            total.backward()
-        else:
-            with torch.no_grad():
-                model(img, samples, mode="predict") if spec["what"] == "detector" else model(img)
-        if cuda:
-            torch.cuda.synchronize()
-
-    t0 = time.perf_counter()
-    once(WARMUP_SIZE)
-    warm = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        reset = reset_peak_rss()
-        base_kib = status_kib("VmRSS") if reset else rss_built
-    timer = SolverTimer(cuda)
-    times, solver_times = [], []
-    for _ in range(spec["repeat"]):
-        timer.total = 0.0
-        t0 = time.perf_counter()
-        once(tuple(spec["size"]))
-        times.append(time.perf_counter() - t0)
-        solver_times.append(timer.total)
-    timer.restore()
-    if cuda:
-        peak, method = torch.cuda.max_memory_allocated(device) - base, "torch.cuda.max_memory_allocated"
-    elif reset:
-        peak, method = (status_kib("VmHWM") - base_kib) * 1024, "VmHWM after clear_refs"
-    else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) * 1024
-        method = "ru_maxrss of a fresh process"
-    mid = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-    return {**spec, "time_s": statistics.median(times), "best_s": min(times), "times_s": times, "warmup_s": warm,
-            "solver_s": solver_times[mid], "solver_share": solver_times[mid] / times[mid] if times[mid] else 0.0,
-            "peak_bytes": max(int(peak), 0), "memory_method": method,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    model.train(backward)
+    step = make_step(model, spec["what"], backward, device)
+    warm = timed_runs(lambda: step(WARMUP_SIZE), 1)[0]
+    size = tuple(spec["size"])
+    with PeakMemory(cuda, device) as mem:
+        times = timed_runs(lambda: step(size), spec["repeat"])
+    result = {**spec, "time_s": statistics.median(times), "best_s": min(times), "times_s": times, "warmup_s": warm,
+              "peak_bytes": mem.peak_bytes, "memory_method": mem.method,
+              "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if spec["model"].startswith("soft"):
+        result.update(solver_share(lambda: step(size), cuda))
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- accuracy
@@ -265,7 +237,8 @@ def _demo_backbone(device: str):
         from mmengine.registry import MODELS, init_default_scope
         from mmengine.runner import load_checkpoint
 
-        from mmsoft.utils import prepare_scope, use_safe_checkpoint_loading
+        from mmsoft.checkpoint import use_safe_checkpoint_loading
+        from mmsoft.utils import prepare_scope
 
         cfg = Config.fromfile(str(DEMO_CONFIG))
         init_default_scope(prepare_scope(cfg))
@@ -290,24 +263,29 @@ def _diff(out, ref) -> dict[str, float]:
     return {"max_abs": diff, "rel": diff / max(ref.double().abs().max().item(), 1e-30)}
 
 
-def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]:
-    """Solvers on real activations of SOFT-Tiny-Norm at 800x1333, per attention layer and end to end, against two
-    references: float32 ``'newton'`` (what the default runs) and the exact 20-step function (``'newton'`` in
-    float64, per layer on the same float32 inputs; end to end a float64 copy of the backbone)."""
-    import copy
+def _set_solver(model, solver: str) -> None:
+    for m in model.modules():
+        if hasattr(m, "landmark_solver"):
+            m.landmark_solver = solver
 
+
+def _image_input(path: Path, mean, std, device: str):
+    """A demo image upscaled to 800x1333, normalised and zero-padded to 800x1344 as mmdet pads."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     from PIL import Image
 
-    import mmsoft.models.layers.soft_attention as attn_mod
-    from mmsoft.ops import soft_attention
+    img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
+    img = F.interpolate(img, size=(800, 1333), mode="bilinear", align_corners=False)
+    return F.pad((img - mean) / std, (0, 11, 0, 0)).to(device)
 
-    backbone, weights, mean, std = _demo_backbone(device)
-    files = sorted(DEMO_IMAGES.glob("*.png"))[:num_images]
-    if not files:
-        raise FileNotFoundError(f"no demo images under {DEMO_IMAGES}: run python tools/misc/make_demo_data.py")
+
+def _forward_capturing_attention(backbone, img) -> tuple[Any, list[tuple]]:
+    """``backbone(img)`` with ``'newton'`` and, for every SOFT attention call in it, ``(q, k, v, kwargs, out)``."""
+    import torch
+
+    import mmsoft.models.layers.soft_attention as attn_mod
 
     captured: list[tuple] = []
     original = attn_mod.soft_attention
@@ -317,44 +295,51 @@ def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]
         captured.append((q, k, v, kwargs, out))
         return out
 
-    def set_solver(model, solver: str) -> None:
-        for m in model.modules():
-            if hasattr(m, "landmark_solver"):
-                m.landmark_solver = solver
+    _set_solver(backbone, "newton")
+    attn_mod.soft_attention = capture
+    try:
+        with torch.no_grad():
+            return backbone(img), captured
+    finally:
+        attn_mod.soft_attention = original
 
+
+def accuracy(num_images: int, solvers: list[str], device: str) -> dict[str, Any]:
+    """Solvers on real activations of SOFT-Tiny-Norm at 800x1333, per attention layer and end to end, against two
+    references: float32 ``'newton'`` (what the default runs) and the exact 20-step function (``'newton'`` in
+    float64, per layer on the same float32 inputs; end to end a float64 copy of the backbone)."""
+    import copy
+
+    import torch
+
+    from mmsoft.ops import soft_attention
+
+    backbone, weights, mean, std = _demo_backbone(device)
+    files = sorted(DEMO_IMAGES.glob("*.png"))[:num_images]
+    if not files:
+        raise FileNotFoundError(f"no demo images under {DEMO_IMAGES}: run python tools/misc/make_demo_data.py")
     exact_backbone = copy.deepcopy(backbone).double()
-    set_solver(exact_backbone, "newton")
+    _set_solver(exact_backbone, "newton")
     names = list(dict.fromkeys(["newton", *solvers]))
     layers: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
     outputs: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
     for path in files:
-        img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
-        img = F.interpolate(img, size=(800, 1333), mode="bilinear", align_corners=False)
-        img = F.pad((img - mean) / std, (0, 11, 0, 0)).to(device)  # 800 x 1344, as mmdet pads
-        set_solver(backbone, "newton")
-        captured.clear()
-        attn_mod.soft_attention = capture
-        try:
-            with torch.no_grad():
-                ref_out = backbone(img)
-        finally:
-            attn_mod.soft_attention = original
+        img = _image_input(path, mean, std, device)
+        ref_out, captured = _forward_capturing_attention(backbone, img)
         with torch.no_grad():
             exact_out = exact_backbone(img.double())
             exact_layers = [soft_attention(q.double(), k.double(), v.double(), **{**kw, "solver": "newton"})
                             for q, k, v, kw, _ in captured]
-        for solver in names:
-            with torch.no_grad():
+            for solver in names:
                 for i, ((q, k, v, kwargs, ref), exact) in enumerate(zip(captured, exact_layers)):
                     out = ref if solver == "newton" else soft_attention(q, k, v, **{**kwargs, "solver": solver})
                     layers[solver].append({"image": path.name, "layer": i, "m": k.shape[-2], "n": q.shape[-2],
                                            "vs_newton": _diff(out, ref), "vs_exact": _diff(out, exact)})
-                set_solver(backbone, solver)
-                outs = backbone(img)
-            for stage, (a, b, e) in enumerate(zip(outs, ref_out, exact_out)):
-                outputs[solver].append({"image": path.name, "stage": stage, "vs_newton": _diff(a, b),
-                                        "vs_exact": _diff(a, e)})
-    set_solver(backbone, "newton")
+                _set_solver(backbone, solver)
+                for stage, (a, b, e) in enumerate(zip(backbone(img), ref_out, exact_out)):
+                    outputs[solver].append({"image": path.name, "stage": stage, "vs_newton": _diff(a, b),
+                                            "vs_exact": _diff(a, e)})
+    _set_solver(backbone, "newton")
     return {"weights": weights, "images": [p.name for p in files], "input": "800x1333 (padded to 800x1344)",
             "per_layer": layers, "backbone_outputs": outputs}
 
@@ -404,12 +389,12 @@ def accuracy_table(acc: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def plot(results: list[dict[str, Any]], modes: list[str], path: Path, title: str) -> bool:
+def plot(results: list[dict[str, Any]], modes: list[str], path: Path, title: str) -> None:
     """Log-log plot of latency vs input pixels, one line per model/solver and one panel per mode."""
-    plt = load_pyplot()
-    if plt is None:
-        return False
-    fig, axes = plt.subplots(1, len(modes), figsize=(7 * len(modes), 5), squeeze=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7 * len(modes), 5))
+    axes = fig.subplots(1, len(modes), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for name in dict.fromkeys(label(r) for r in results):
             pts = sorted((r["size"][0] * r["size"][1], r["best_s"]) for r in results
@@ -426,46 +411,38 @@ def plot(results: list[dict[str, Any]], modes: list[str], path: Path, title: str
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every case, print the tables, save JSON and PNG."""
-    args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_case(json.loads(args.worker))))
-        return {}
+def case_specs(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """Every (size, mode, model, solver) case of the command line, in the order they run."""
+    return [{"device": device, "model": model, "solver": solver, "size": list(size), "mode": mode,
+             "what": args.what, "repeat": args.repeat, "threads": args.threads}
+            for size in args.sizes for mode in args.mode for model in args.models
+            for solver in (args.solvers if model.startswith("soft") else ["-"])]
 
+
+def run_cases(specs: list[dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+    """Run each case in its own subprocess, printing one line per finished case."""
+    results = []
+    for spec in specs:
+        t0 = time.time()
+        result = run_in_subprocess(spec, timeout)
+        results.append(result)
+        share = f", solver {100 * result['solver_share']:.0f}%" if "solver_share" in result else ""
+        status = result.get("error") or (
+            f"{result['time_s']:.2f} s, {result['peak_bytes'] / 2**20:,.0f} MiB{share}")
+        h, w = spec["size"]
+        print(f"[{time.time() - t0:6.1f}s] {h}x{w} {spec['mode']:>16} {label(result):>16}: {status}", flush=True)
+    return results
+
+
+def run_meta(args: argparse.Namespace, device: str, title: str) -> dict[str, Any]:
+    """What the run ran on, for the JSON report."""
     import torch
 
     import mmsoft
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no GPU is available here")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[dict[str, Any]] = []
-    if not args.skip_benchmark:
-        for size in args.sizes:
-            for mode in args.mode:
-                for model in args.models:
-                    for solver in (args.solvers if model.startswith("soft") else ["-"]):
-                        spec = {"device": device, "model": model, "solver": solver, "size": list(size),
-                                "mode": mode, "what": args.what, "repeat": args.repeat, "threads": args.threads}
-                        t0 = time.time()
-                        result = run_in_subprocess(spec, args.timeout)
-                        results.append(result)
-                        status = result.get("error") or (
-                            f"{result['time_s']:.2f} s, {result['peak_bytes'] / 2**20:,.0f} MiB, "
-                            f"solver {100 * result['solver_share']:.0f}%")
-                        print(f"[{time.time() - t0:6.1f}s] {size[0]}x{size[1]} {mode:>16} {label(result):>16}: "
-                              f"{status}", flush=True)
-    acc = accuracy(args.accuracy_images, args.solvers, device) if args.accuracy else None
-
-    title = f"{args.what} latency on {device}, batch 1, float32"
-    meta = {
+    return {
         "title": title,
         "args": {k: (v if k != "sizes" else [list(s) for s in v]) for k, v in vars(args).items() if k != "worker"},
         "torch": torch.__version__,
@@ -477,10 +454,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ext": mmsoft.ops.info(verbose=False),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every case, print the tables, save JSON and PNG."""
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_case(json.loads(args.worker))))
+        return {}
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no GPU is available here")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [] if args.skip_benchmark else run_cases(case_specs(args, device), args.timeout)
+    acc = accuracy(args.accuracy_images, args.solvers, device) if args.accuracy else None
+
+    title = f"{args.what} latency on {device}, batch 1, float32"
+    meta = run_meta(args, device, title)
     stem = out_dir / f"benchmark_{args.what}_{device}"
     report = {"meta": meta, "results": results, "accuracy": acc}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    plotted = bool(results) and plot(results, args.mode, stem.with_suffix(".png"), title)
+    if results:
+        plot(results, args.mode, stem.with_suffix(".png"), title)
     print(f"\n{title} (load average {meta['load_average'][0]:.1f} on {meta['cpu_count']} CPUs at the end)")
     for mode in args.mode:
         if any(r["mode"] == mode for r in results):
@@ -488,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(markdown_table(results, args.sizes, mode))
     if acc:
         print("\n" + accuracy_table(acc))
-    print(f"\nsaved {stem.with_suffix('.json')}" + (f" and {stem.with_suffix('.png')}" if plotted else ""))
+    print(f"\nsaved {stem.with_suffix('.json')}" + (f" and {stem.with_suffix('.png')}" if results else ""))
     return report
 
 

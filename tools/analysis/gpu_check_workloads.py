@@ -34,7 +34,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark tools
+from benchlib.process_memory import PeakMemory
+from benchlib.profiler_ranges import LANDMARK_SOLVE, range_seconds
 
 CUDA_BROKEN_EXIT = 3
 
@@ -68,43 +69,6 @@ def time_calls(fn: Callable[[], Any], repeat: int, cuda: bool) -> list[float]:
             fn()
             times.append(time.perf_counter() - t0)
     return times
-
-
-class PeakMemory:
-    """Peak memory growth over a ``with`` block: ``torch.cuda.max_memory_allocated`` minus the bytes allocated at its
-    start on CUDA; on the CPU the peak resident set size (VmHWM, reset at the start) minus the RSS at the start."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.peak_bytes = 0
-        self.method = "torch.cuda.max_memory_allocated" if cuda else "VmHWM after clear_refs"
-
-    def __enter__(self) -> PeakMemory:
-        import torch
-
-        from mmsoft.utils.process_memory import reset_peak_rss, status_kib
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            if not reset_peak_rss():
-                self.method = "VmHWM (could not be reset: includes earlier peaks)"
-            self._base = status_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        from mmsoft.utils.process_memory import status_kib
-
-        if self.cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = status_kib("VmHWM") * 1024
-        self.peak_bytes = max(int(peak - self._base), 0)
 
 
 def adaptive_repeat(warmup_s: float, budget_s: float, max_repeat: int) -> int:
@@ -279,63 +243,54 @@ class BackboneCache:
         return self.nets[key]
 
 
-def run_backbone(spec: dict[str, Any], cache: BackboneCache) -> dict[str, Any]:
-    """Time one (model, solver, precision, mode) backbone case. SOFT cases with ``spec["measure_share"]`` also
-    measure the landmark solver's share of the time in one extra run (``benchmark_backbone.SolverTimer``, which
-    synchronises around each solve, so that run is not one of the timed ones)."""
+def backbone_step(net, spec: dict[str, Any]) -> Callable[[], None]:
+    """One run of the backbone case: forward (eval, no grad) or forward + backward (train mode, loss = mean square of
+    every output map; backward outside autocast, as torch recommends), fp32 or bf16 autocast."""
     import torch
 
-    net, info = cache.get(spec)
     device = torch.device(spec["device"])
-    cuda = device.type == "cuda"
     backward = spec["mode"] == "fwdbwd"
     net.train(backward)
     x = torch.randn(spec["batch"], 3, *spec["size"], generator=torch.Generator().manual_seed(0)).to(device)
     bf16 = spec["precision"] == "bf16"
 
-    def once() -> None:
+    def step() -> None:
         if backward:
             net.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = sum(o.float().square().mean() for o in net(x))
-            loss.backward()  # outside autocast, as torch recommends
+            loss.backward()
         else:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 net(x)
 
-    def synced() -> float:
-        t0 = time.perf_counter()
-        once()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    return step
 
-    warm = synced()
+
+def run_backbone(spec: dict[str, Any], cache: BackboneCache) -> dict[str, Any]:
+    """Time one (model, solver, precision, mode) backbone case. SOFT cases with ``spec["measure_share"]`` also
+    measure the landmark solver's share of the time in one extra, profiled run (:func:`solver_share`)."""
+    net, info = cache.get(spec)
+    cuda = spec["device"] == "cuda"
+    step = backbone_step(net, spec)
+    warm = time_calls(step, 1, cuda)[0]
     repeat = adaptive_repeat(warm, spec["budget_s"], spec["max_repeat"])
     with PeakMemory(cuda) as mem:
-        times = time_calls(once, repeat, cuda)
+        times = time_calls(step, repeat, cuda)
     result = {"time_s": statistics.median(times), "best_s": min(times), "times_s": times, "warmup_s": warm,
               "peak_bytes": mem.peak_bytes, "memory_method": mem.method,
               "params_m": sum(p.numel() for p in net.parameters()) / 1e6, **info}
     if spec["model"] in SOFT_ARCHS and spec.get("measure_share"):
-        result.update(solver_share(once, synced, cuda))
+        result.update(solver_share(step, cuda))
     net.zero_grad(set_to_none=True)
     return result
 
 
-def solver_share(once: Callable[[], None], synced: Callable[[], float], cuda: bool) -> dict[str, Any]:
-    """Seconds inside the landmark solver during one more run, and their share of that run's wall time."""
-    import benchmark_backbone
-
-    try:
-        timer = benchmark_backbone.SolverTimer(cuda)
-    except Exception as exc:  # the tool's patch points moved: report, do not fail the timing case
-        return {"solver_share": None, "solver_share_error": f"{type(exc).__name__}: {exc}"}
-    try:
-        wall = synced()
-    finally:
-        timer.restore()
-    return {"solver_s": timer.total, "solver_share": timer.total / wall if wall > 0 else None}
+def solver_share(step: Callable[[], None], cuda: bool) -> dict[str, Any]:
+    """Seconds inside the landmark solver (the ``mmsoft::landmark_solve`` profiler ranges: host time on the CPU,
+    kernel time on CUDA) during one more run, and their share of that run's wall time."""
+    wall, inside = range_seconds(step, LANDMARK_SOLVE, cuda)
+    return {"solver_s": inside, "solver_share": inside / wall if wall > 0 else None}
 
 
 # ----------------------------------------------------------------------------------------------- environment

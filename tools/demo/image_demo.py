@@ -23,11 +23,12 @@ import sys
 import mmcv
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from mmengine.config import Config, DictAction
 from mmengine.structures import InstanceData, PixelData
 
-from mmsoft.utils import CheckpointError, check_checkpoint_fits, prepare_scope, use_safe_checkpoint_loading
-from mmsoft.utils.plotting import load_pyplot
+from mmsoft.checkpoint import CheckpointError, use_safe_checkpoint_loading
+from mmsoft.utils import check_checkpoint_fits, prepare_scope
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -139,16 +140,15 @@ def enlargement(shape: tuple[int, ...], min_size: int) -> int:
     return max(1, math.ceil(min_size / min(shape[:2]))) if min_size > 0 else 1
 
 
-def save_figure(panels: list[tuple[str, np.ndarray]], path: str) -> bool:
-    """All ``(title, RGB image)`` panels in one PNG, up to three per row; False when matplotlib is missing."""
-    plt = load_pyplot()
-    if plt is None:
-        return False
+def save_figure(panels: list[tuple[str, np.ndarray]], path: str) -> None:
+    """All ``(title, RGB image)`` panels in one PNG, up to three per row (matplotlib's ``Figure``: no pyplot state, no
+    display backend)."""
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     height = max(img.shape[0] for _, img in panels) / 100
     width = max(img.shape[1] for _, img in panels) / 100
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * width, rows * (height + 0.4)), squeeze=False)
+    fig = Figure(figsize=(cols * width, rows * (height + 0.4)))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, img) in zip(axes.flat, panels):
@@ -156,8 +156,6 @@ def save_figure(panels: list[tuple[str, np.ndarray]], path: str) -> bool:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def visualise(images: list[str], config: str, checkpoint: str, out_dir: str, device: str = "cpu",
@@ -199,7 +197,8 @@ def visualise(images: list[str], config: str, checkpoint: str, out_dir: str, dev
         panels.append((f"{name}: ground truth | prediction" if gt is not None else name, drawn))
     if figure is None and len(images) > 1:
         figure = osp.join(out_dir, "predictions.png")
-    if figure and figure != "none" and save_figure(panels, figure):
+    if figure and figure != "none":
+        save_figure(panels, figure)
         print(f"wrote {figure}")
     return written
 

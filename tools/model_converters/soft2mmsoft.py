@@ -16,8 +16,8 @@ from collections import OrderedDict
 
 import torch
 
-from mmsoft.models.backbones.soft_converter import load_checkpoint_file, soft_convert
-from mmsoft.utils import CheckpointError
+from mmsoft.checkpoint import CheckpointError, load_checkpoint_safely
+from mmsoft.models.backbones.soft_converter import soft_convert
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,7 +40,7 @@ def main() -> None:
     """Load SRC, convert it and save the state dict to DST."""
     args = parse_args()
     try:  # weights-only with the allowlist, verified; a damaged or unsafe file stops with its name and the damage
-        checkpoint = load_checkpoint_file(args.src, map_location="cpu")
+        checkpoint = load_checkpoint_safely(args.src, map_location="cpu")
     except CheckpointError as err:
         sys.exit(f"error: {err}")
     state = soft_convert(checkpoint, strict=not args.skip_unknown, use_ema=not args.no_ema,

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
+from mmsoft.checkpoint import describe_shape_mismatch, load_checkpoint_safely
+
 # Containers a state dict may be wrapped in, in order of preference. The reference trains with
 # timm's CheckpointSaver and model EMA on (main.py: --model-ema defaults to True) and evaluates the EMA
 # weights, so ``state_dict_ema`` is the model its published accuracy belongs to.
@@ -303,21 +305,6 @@ def arch_hint(state: Mapping[str, Tensor], model: nn.Module) -> str:
             f"{', '.join(f'{k} {v}' for k, v in ours.items())}: build it with {fits}")
 
 
-def allow_reference_checkpoint_types() -> None:
-    """Allowlist, for ``torch.load(weights_only=True)``, what timm's CheckpointSaver adds: the ``args`` Namespace."""
-    from mmsoft.utils.checkpoint_safety import allow_reference_checkpoint_types as allow
-
-    allow()
-
-
-def load_checkpoint_file(filename: str, map_location: str = "cpu") -> Mapping:
-    """Load a reference (timm) or mmengine checkpoint: explicitly weights-only with the allowlist, verified (zip
-    CRC-32, finite values); raises ``CheckpointError`` naming the file (see :mod:`mmsoft.utils.checkpoint_safety`)."""
-    from mmsoft.utils.checkpoint_safety import load_checkpoint_safely
-
-    return load_checkpoint_safely(filename, map_location=map_location)
-
-
 def _short(keys: Sequence[str], limit: int = 20) -> str:
     if not keys:
         return "none"
@@ -334,7 +321,7 @@ def load_soft_pretrained(model: nn.Module, checkpoint: str, prefix: str | None =
     ``out_indices``) are logged. With ``strict`` (the default) any other key the model lacks, or parameter the
     checkpoint lacks, raises ``ValueError`` naming the ``arch`` the checkpoint fits; ``strict=False`` only warns.
     """
-    ckpt = load_checkpoint_file(checkpoint, map_location=map_location)
+    ckpt = load_checkpoint_safely(checkpoint, map_location=map_location)  # weights-only, verified
     state = soft_convert(ckpt, strict=False, prefix=prefix)
     target = model.state_dict()
     if not any(k in target for k in state):
@@ -345,8 +332,6 @@ def load_soft_pretrained(model: nn.Module, checkpoint: str, prefix: str | None =
         del state[key]
         state.dropped.append(f"{key} (stage not built: out_indices)")
     resized = fit_pos_embeds(state, model)
-    from mmsoft.utils.checkpoint_fit import describe_shape_mismatch  # late: mmsoft.utils imports the models
-
     mismatched = [describe_shape_mismatch(k, tuple(v.shape), tuple(target[k].shape), model.in_channels)
                   for k, v in state.items() if k in target and v.shape != target[k].shape]
     if mismatched:

@@ -1,6 +1,8 @@
 """Convolutional patch embeddings: the 3-conv stride-4 stem of stage 1 and the stride-2 downsamplers."""
 from __future__ import annotations
 
+import math
+
 from mmcv.cnn import build_norm_layer
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -32,7 +34,11 @@ class ConvPatchEmbed(nn.Sequential):
         else:
             layers = _conv_norm_relu(in_channels, embed_dims, 2, norm_cfg)
         super().__init__(*layers)
-        self.stride = 4 if stem else 2
+
+    @property
+    def stride(self) -> int:
+        """The output grid's stride: the product of the convolutions' strides (4 for the stem, 2 otherwise)."""
+        return math.prod(self[i].stride[0] for i in range(0, len(self), 3))
 
     def forward(self, x: Tensor, valid: ValidRegion | None = None) -> Tensor:
         """``(B, C_in, H, W)`` -> ``(B, embed_dims, ceil(H / stride), ceil(W / stride))``.

@@ -1,4 +1,5 @@
-"""Safe, verified checkpoint loading: weights-only unpickling with an allowlist, and refusal of damaged files.
+"""Reading checkpoints: weights-only unpickling with an allowlist, refusal of damaged files, and the message for a
+tensor that does not fit. Below the models (the SOFT converter loads through it) and the tools' run-time set-up.
 
 **Allowlist.** mmengine's checkpoints hold, besides tensors, numpy arrays/scalars (in ``message_hub`` and ``meta``),
 its ``HistoryBuffer`` and ``ConfigDict``, and ``getattr(HistoryBuffer, 'min')``-style references to the buffer's
@@ -294,3 +295,14 @@ def use_safe_checkpoint_loading() -> None:
         safe = load_from_local if prefix == "" else _remote_loader(loader)
         if safe is not loader:
             CheckpointLoader.register_scheme(prefixes=prefix, loader=safe, force=True)
+
+
+def describe_shape_mismatch(key: str, got: tuple, want: tuple, in_channels: int) -> str:
+    """``'<key>: checkpoint <got>, model <want>'``, plus what to set when the tensor is an input convolution of a
+    model taking ``in_channels`` channels and the checkpoint was trained on images with another number."""
+    text = f"{key}: checkpoint {got}, model {want}"
+    if len(got) == len(want) == 4 and got[0] == want[0] and got[2:] == want[2:] and want[1] == in_channels:
+        text += (f" (the checkpoint was trained on {got[1]}-channel images, the model takes {in_channels}: set "
+                 f"model.backbone.in_channels={got[1]} and {got[1]} data_preprocessor mean/std values to use it, or "
+                 f"use a checkpoint trained on {in_channels}-channel images)")
+    return text

@@ -1,0 +1,73 @@
+"""tools/analysis/benchlib: the benchmark tools' fresh-interpreter runner (on tiny worker scripts), peak memory and
+profiler-range timing."""
+import os
+import textwrap
+
+import pytest
+import torch
+from benchlib.case_subprocess import run_case_subprocess
+from benchlib.process_memory import PeakMemory
+from benchlib.profiler_ranges import LANDMARK_SOLVE, range_seconds
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    print("log line {not json")
+    if spec["mode"] == "ok":
+        print(json.dumps({**spec, "cwd": os.getcwd(), "env": os.environ.get("CASE_ENV")}))
+    elif spec["mode"] == "fail":
+        sys.exit("worker broke")
+    elif spec["mode"] == "sleep":
+        import time; time.sleep(30)
+""")
+
+
+def test_result_env_and_cwd(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = run_case_subprocess(script, {"mode": "ok"}, timeout=60, env={"CASE_ENV": "x"}, cwd=tmp_path)
+    assert out == {"mode": "ok", "cwd": str(tmp_path), "env": "x"}
+
+
+def test_errors_become_entries(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    failed = run_case_subprocess(script, {"mode": "fail"}, timeout=60)
+    assert failed["mode"] == "fail" and failed["error"] == "exit 1: worker broke"
+    silent = run_case_subprocess(script, {"mode": "none"}, timeout=60)
+    assert silent["error"].startswith("exit 0: ")  # ran, but printed no JSON result
+    slow = run_case_subprocess(script, {"mode": "sleep"}, timeout=1)
+    assert slow["error"] == "timeout after 1 s"
+
+
+def _matmuls(count: int) -> None:
+    a = torch.randn(200, 200)
+    for _ in range(count):
+        a = torch.tanh(a @ a)
+
+
+def test_nested_ranges_count_once():
+    def nested() -> None:
+        with torch.profiler.record_function(LANDMARK_SOLVE):
+            _matmuls(20)
+            with torch.profiler.record_function(LANDMARK_SOLVE):  # one solver calling another
+                _matmuls(20)
+        _matmuls(20)  # outside any range
+
+    # two thirds of the work is inside the outer range; counting the inner range twice would give ~5/6
+    wall, inside = range_seconds(nested)
+    assert 0.4 * wall < inside < 0.8 * wall, (wall, inside)
+
+
+def test_range_seconds_zero_without_ranges():
+    wall, inside = range_seconds(lambda: _matmuls(5))
+    assert wall > 0 and inside == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux peak RSS only")
+def test_peak_memory_sees_a_temporary_allocation():
+    with PeakMemory(cuda=False) as mem:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written
+        del block
+    assert mem.peak_bytes >= 48 * 2**20, mem.peak_bytes
+    assert mem.method == "VmHWM after clear_refs"
