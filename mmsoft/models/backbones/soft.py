@@ -13,7 +13,8 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmsoft.ops.landmark_solvers import check_solver
+from mmsoft.ops.dispatch import check_impl
+from mmsoft.ops.landmark_solvers import check_num_iters, check_solver
 from mmsoft.registry import MODELS
 
 from ..layers import ConvPatchEmbed, SOFTBlock, SoftmaxBlock, ValidRegion
@@ -172,9 +173,11 @@ class SOFT(BaseModule):
         self.out_indices = self._parse_out_indices(out_indices)
         if not -1 <= frozen_stages <= NUM_STAGES:
             raise ValueError(f"frozen_stages must be in [-1, {NUM_STAGES}], got {frozen_stages}")
-        if newton_iters < 0:
-            raise ValueError(f"newton_iters must be >= 0, got {newton_iters}")
+        # The attention layers check these too (same functions); checked here first so that a bad value fails
+        # before any stage is built, with the layer's own message.
+        check_num_iters(newton_iters)
         check_solver(landmark_solver)
+        check_impl(attn_impl)
         self.sym_norm = sym_norm
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
