@@ -77,3 +77,23 @@ def test_build_backbone_returns_module_in_eval_mode(name):
     assert model is not None and not model.training
     if name == "soft-t":
         assert {m.landmark_solver for m in model.modules() if hasattr(m, "landmark_solver")} == {"newton_eigh"}
+
+
+def test_no_solve_skips_only_the_landmark_solve():
+    # the lower-bound row: the same model with P x = x, so no time in the solver and a different (meaningless) output
+    import torch
+
+    assert bb.parse_args(["--solvers", bb.NO_SOLVE]).solvers == [bb.NO_SOLVE]
+    real = bb.build_model("soft-t", "newton", "backbone")
+    x = torch.randn(1, 3, 64, 64)
+    try:  # the tool registers the pseudo-solver in its worker process only: undo it for the other tests
+        floor = bb.build_model("soft-t", bb.NO_SOLVE, "backbone")
+        floor.load_state_dict(real.state_dict())
+        with torch.no_grad():
+            share = bb.solver_share(lambda: floor(x), cuda=False)
+            out_floor, out_real = floor(x), real(x)
+    finally:
+        SOLVERS.pop(bb.NO_SOLVE, None)
+    assert share["solver_s"] == 0
+    assert all(a.shape == b.shape for a, b in zip(out_floor, out_real))
+    assert not torch.allclose(out_floor[0], out_real[0])

@@ -68,6 +68,10 @@ MODEL_CONFIGS = {
     "swin-t": "mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py",
 }
 MODES = ("forward", "forward+backward")
+#: Pseudo-solver for ``--solvers``: the landmark solve skipped (``P x = x``; NOT the SOFT function, its outputs are
+#: meaningless). Everything else of the model runs as with a real solver, so its time is the lower bound that no
+#: landmark solver can beat: what SOFT costs without the ``P`` it needs.
+NO_SOLVE = "no-solve"
 WARMUP_SIZE = (256, 256)
 DEMO_CKPT = ROOT / "work_dirs/demo_retinanet/iter_600.pth"
 DEMO_CONFIG = ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"
@@ -92,8 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(512, 512), (800, 1333), (1024, 2048)],
                         help="input sizes HxW (default 512x512 800x1333 1024x2048)")
     parser.add_argument("--models", nargs="+", default=list(MODEL_CONFIGS), choices=list(MODEL_CONFIGS))
-    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS,
-                        help="landmark solvers of the SOFT models (each is its own row)")
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=[*SOLVERS, NO_SOLVE],
+                        help=f"landmark solvers of the SOFT models (each is its own row); {NO_SOLVE!r}: the solve "
+                             "skipped (not the SOFT function), the lower bound any solver could reach")
     parser.add_argument("--mode", nargs="+", default=["forward"], choices=MODES)
     parser.add_argument("--what", default="detector", choices=("backbone", "detector"))
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
@@ -119,6 +124,13 @@ def load_model_config(name: str):
     return get_config(config) if "::" in config else Config.fromfile(config)
 
 
+def register_no_solve() -> None:
+    """Add :data:`NO_SOLVE` to this process' landmark-solver table (the benchmark's worker process only)."""
+    from mmsoft.ops.landmark_solvers import SOLVERS, LandmarkSolver
+
+    SOLVERS[NO_SOLVE] = LandmarkSolver(apply=lambda mat, x, num_iters: x)
+
+
 def build_model(name: str, solver: str, what: str):
     """The detector (or its backbone) of ``name``, randomly initialised, eval mode."""
     from mmengine.registry import MODELS, init_default_scope
@@ -129,6 +141,8 @@ def build_model(name: str, solver: str, what: str):
     cfg.model.backbone.init_cfg = None
     cfg.model.backbone.pop("pretrained", None)
     if name.startswith("soft"):
+        if solver == NO_SOLVE:
+            register_no_solve()
         cfg.model.backbone.landmark_solver = solver
     init_default_scope(prepare_scope(cfg))
     model = MODELS.build(cfg.model.backbone if what == "backbone" else cfg.model)
@@ -471,7 +485,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = [] if args.skip_benchmark else run_cases(case_specs(args, device), args.timeout)
-    acc = accuracy(args.accuracy_images, args.solvers, device) if args.accuracy else None
+    real_solvers = [solver for solver in args.solvers if solver != NO_SOLVE]  # no-solve has no accuracy to report
+    acc = accuracy(args.accuracy_images, real_solvers, device) if args.accuracy else None
 
     title = f"{args.what} latency on {device}, batch 1, float32"
     meta = run_meta(args, device, title)
