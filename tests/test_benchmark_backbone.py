@@ -97,3 +97,23 @@ def test_no_solve_skips_only_the_landmark_solve():
     assert share["solver_s"] == 0
     assert all(a.shape == b.shape for a, b in zip(out_floor, out_real))
     assert not torch.allclose(out_floor[0], out_real[0])
+
+
+def test_soft_checkpoint_option_loads_the_weights(tmp_path):
+    import torch
+    from helpers.reference_weights import seeded_reference_state_dict
+
+    from mmsoft.models.backbones.soft_converter import soft_convert
+
+    path = tmp_path / "soft_t.pth"
+    torch.save(seeded_reference_state_dict("soft_norm_tiny", 0, torch.float32), path)
+    args = bb.parse_args(["--soft-checkpoint", f"soft-t={path}"])
+    assert args.soft_checkpoint == {"soft-t": str(path)}
+    for bad in ("pvt-t=" + str(path), f"soft-t={tmp_path / 'missing.pth'}", str(path)):
+        with pytest.raises(SystemExit):
+            bb.parse_args(["--soft-checkpoint", bad])
+    model = bb.build_model("soft-t", "newton", "backbone", str(path))
+    expected = soft_convert(seeded_reference_state_dict("soft_norm_tiny", 0, torch.float32))
+    loaded = model.state_dict()
+    assert expected.keys() == loaded.keys()
+    assert all(torch.equal(loaded[key], value) for key, value in expected.items())

@@ -5,8 +5,10 @@ Models: ``soft-t`` / ``soft-s`` from ``configs/soft/retinanet_soft-{t,s}-norm_fp
 ``--solvers`` value, the backbone's ``landmark_solver``), ``pvt-t`` / ``pvtv2-b1`` / ``swin-t`` from the RetinaNet
 configs that ship with mmdet (``mmdet::pvt/retinanet_pvt-t_fpn_1x_coco.py``, ``.../retinanet_pvtv2-b1_fpn_1x_coco.py``,
 ``mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py``), all randomly initialised (``init_cfg=None``: nothing is
-downloaded; weights do not change the cost). ``--what backbone`` times the backbone alone, ``--what detector`` the
-whole RetinaNet: ``forward`` is ``model(..., mode='predict')`` (backbone, FPN, head, box decoding and NMS) under
+downloaded) unless ``--soft-checkpoint soft-t=PATH`` gives a SOFT model its weights. Weights do not change the cost,
+except for ``newton_lowrank``, whose time depends on the spectra of the landmark kernels (it falls back to the
+eigendecomposition on flat ones, as a random initialisation has). ``--what backbone`` times the backbone alone,
+``--what detector`` the whole RetinaNet: ``forward`` is ``model(..., mode='predict')`` (backbone, FPN, head, box decoding and NMS) under
 ``torch.no_grad`` (as mmengine's test loop); ``forward+backward`` is ``mode='loss'`` with three ground-truth boxes
 plus ``backward``. Inputs: batch 1, an ``H x W`` image zero-padded to a multiple of 32, as mmdet's data preprocessor
 does (800x1333 runs as 800x1344).
@@ -86,6 +88,24 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def parse_checkpoint(text: str) -> tuple[str, str]:
+    """``'soft-t=PATH'`` -> ``('soft-t', 'PATH')`` for a SOFT model of :data:`MODEL_CONFIGS` and an existing file."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.startswith("soft") or name not in MODEL_CONFIGS:
+        soft = [model for model in MODEL_CONFIGS if model.startswith("soft")]
+        raise argparse.ArgumentTypeError(f"expected MODEL=PATH with MODEL one of {soft}, got {text!r}")
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"checkpoint for {name} not found: {path}")
+    return name, path
+
+
+class MergeDict(argparse.Action):
+    """Collect ``(key, value)`` pairs of an ``nargs='+'`` option into one dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, {**getattr(namespace, self.dest), **dict(values)})
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     from mmsoft.ops.landmark_solvers import SOLVERS
@@ -100,6 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"landmark solvers of the SOFT models (each is its own row); {NO_SOLVE!r}: the solve "
                              "skipped (not the SOFT function), the lower bound any solver could reach")
     parser.add_argument("--mode", nargs="+", default=["forward"], choices=MODES)
+    parser.add_argument("--soft-checkpoint", nargs="+", default={}, type=parse_checkpoint, action=MergeDict,
+                        metavar="MODEL=PATH",
+                        help="weights for a SOFT model (e.g. soft-t=soft_tiny_norm.pth; reference or mmsoft layout): "
+                             "the time of newton_lowrank depends on the landmark kernels' spectra, so measure it on "
+                             "the checkpoint you use (default: random initialisation)")
     parser.add_argument("--what", default="detector", choices=("backbone", "detector"))
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per case (median and best kept)")
@@ -131,14 +156,15 @@ def register_no_solve() -> None:
     SOLVERS[NO_SOLVE] = LandmarkSolver(apply=lambda mat, x, num_iters: x)
 
 
-def build_model(name: str, solver: str, what: str):
-    """The detector (or its backbone) of ``name``, randomly initialised, eval mode."""
+def build_model(name: str, solver: str, what: str, checkpoint: str | None = None):
+    """The detector (or its backbone) of ``name`` in eval mode: randomly initialised, or with ``checkpoint`` (SOFT
+    models only: a reference or mmsoft SOFT checkpoint, loaded strictly into the backbone)."""
     from mmengine.registry import MODELS, init_default_scope
 
     from mmsoft.utils import prepare_scope
 
     cfg = load_model_config(name)
-    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.init_cfg = None if checkpoint is None else dict(type="Pretrained", checkpoint=checkpoint)
     cfg.model.backbone.pop("pretrained", None)
     if name.startswith("soft"):
         if solver == NO_SOLVE:
@@ -146,6 +172,8 @@ def build_model(name: str, solver: str, what: str):
         cfg.model.backbone.landmark_solver = solver
     init_default_scope(prepare_scope(cfg))
     model = MODELS.build(cfg.model.backbone if what == "backbone" else cfg.model)
+    if checkpoint is not None:
+        model.init_weights()
     model.eval()  # not `return model.eval()`: mmdet's SwinTransformer.train() override returns None
     return model
 
@@ -226,7 +254,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     backward = spec["mode"] == "forward+backward"
-    model = build_model(spec["model"], spec["solver"], spec["what"]).to(device)
+    checkpoint = spec["soft_checkpoints"].get(spec["model"])
+    model = build_model(spec["model"], spec["solver"], spec["what"], checkpoint).to(device)
     model.train(backward)
     step = make_step(model, spec["what"], backward, device)
     warm = timed_runs(lambda: step(WARMUP_SIZE), 1)[0]
@@ -430,7 +459,8 @@ def plot(results: list[dict[str, Any]], modes: list[str], path: Path, title: str
 def case_specs(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     """Every (size, mode, model, solver) case of the command line, in the order they run."""
     return [{"device": device, "model": model, "solver": solver, "size": list(size), "mode": mode,
-             "what": args.what, "repeat": args.repeat, "threads": args.threads}
+             "what": args.what, "repeat": args.repeat, "threads": args.threads,
+             "soft_checkpoints": args.soft_checkpoint}
             for size in args.sizes for mode in args.mode for model in args.models
             for solver in (args.solvers if model.startswith("soft") else ["-"])]
 
