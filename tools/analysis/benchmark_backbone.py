@@ -10,8 +10,8 @@ except for ``newton_lowrank``, whose time depends on the spectra of the landmark
 eigendecomposition on flat ones, as a random initialisation has). ``--what backbone`` times the backbone alone,
 ``--what detector`` the whole RetinaNet: ``forward`` is ``model(..., mode='predict')`` (backbone, FPN, head, box
 decoding and NMS) under ``torch.no_grad`` (as mmengine's test loop); ``forward+backward`` is ``mode='loss'`` with
-three ground-truth boxes plus ``backward``. Inputs: batch 1, an ``H x W`` image zero-padded to a multiple of 32, as mmdet's data preprocessor
-does (800x1333 runs as 800x1344).
+three ground-truth boxes plus ``backward``. Inputs: batch 1, an ``H x W`` image zero-padded to a multiple of 32, as
+mmdet's data preprocessor does (800x1333 runs as 800x1344).
 
 Every case runs in a fresh subprocess. Time: median (JSON ``time_s``) and best (``best_s``, shown in the tables: the
 better estimate on a machine shared with other jobs) of ``--repeat`` runs after one warm-up run at 256x256 (lazy
