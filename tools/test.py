@@ -9,6 +9,7 @@ import sys
 
 from mmsoft.checkpoint import CheckpointError
 from mmsoft.utils import CheckpointFitHook
+from mmsoft.utils.dist_env import close_distributed
 from mmsoft.utils.run_setup import add_run_arguments, build_runner, load_run_config, parse_run_arguments, prepare_run
 
 
@@ -58,4 +59,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        close_distributed()

@@ -100,3 +100,13 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     torch_dist.init_process_group(backend="gloo", rank=int(os.environ["RANK"]),
                                   world_size=int(os.environ["WORLD_SIZE"]), **kwargs)
     return True
+
+
+def close_distributed() -> None:
+    """Destroy the default process group if one exists (the end of a ``tools/train.py`` / ``tools/test.py`` run).
+
+    Without it the gloo process group's threads are still running when the interpreter exits, and a rank can end in
+    ``terminate called without an active exception`` (SIGABRT) after its work is done; torch also warns about it.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

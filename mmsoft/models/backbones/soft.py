@@ -119,11 +119,14 @@ class SOFT(BaseModule):
         drop_path_rate: stochastic depth, increasing linearly over all blocks.
         newton_iters: Newton-Schulz iterations for the pseudo-inverse (20 in the paper).
         attn_impl: backend of the attention core, see :func:`mmsoft.ops.soft_attention`.
-        landmark_solver: how the pseudo-inverse of the landmark kernel is applied: ``'newton'`` (default, the
-            published ``newton_iters`` Newton-Schulz steps), ``'newton_eigh'`` (the same function in closed form
-            through a float64 eigendecomposition: the fastest faithful choice on CPU), ``'newton_thin'`` (the same
-            function with half the forward GEMMs) or ``'cholesky'`` (exact ridge inverse: not the function
-            Newton-trained weights expect), see :mod:`mmsoft.ops.landmark_solvers`.
+        landmark_solver: how the pseudo-inverse of the landmark kernel is applied, a key of
+            :data:`mmsoft.ops.landmark_solvers.SOLVERS`: ``'newton'`` (default, the published ``newton_iters``
+            Newton-Schulz steps), ``'newton_eigh'`` (the same function in closed form through a float64
+            eigendecomposition), ``'newton_thin'`` (the same function with half the forward GEMMs),
+            ``'newton_lowrank'`` (the same function from a certified rank-64 subspace, eigendecomposition where the
+            certificate fails: the fastest faithful choice for CPU inference with trained weights) or ``'cholesky'``
+            (exact ridge inverse: not the function Newton-trained weights expect); see
+            :mod:`mmsoft.ops.landmark_solvers`.
         with_cls_token: keep the reference models' stage-4 class token (and its position slot): stage 4's softmax
             attention then runs over it and the patch tokens, exactly as in the ImageNet models, so converted
             checkpoints compute the reference function. False (the default, as mmdet's PVT) drops it: a
