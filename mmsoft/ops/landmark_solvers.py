@@ -164,7 +164,7 @@ def newton_eigh_factors(mat: Tensor, num_iters: int) -> tuple[Tensor, Tensor]:
     ``alpha`` (shared by the matrices of one index of the first dim, :func:`mmsoft.ops.reference.newton_alpha`) is
     NaN for their batch mates along that dim, as in Newton-Schulz. Chosen per matrix on the device, no host sync.
     """
-    with torch.profiler.record_function("mmsoft::landmark_solve"):
+    with torch.profiler.record_function(reference.LANDMARK_SOLVE_RANGE):
         mat64 = mat.to(torch.float64)
         finite = torch.isfinite(mat64).all(-1).all(-1)[..., None]                                   # (..., 1)
         eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)
@@ -210,7 +210,7 @@ class NewtonEighApply(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------- 'newton_thin'
 def newton_thin_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:
     """``newton_pinv(mat, num_iters) @ x`` without forming the pseudo-inverse (residual form, no autograd)."""
-    with torch.profiler.record_function("mmsoft::landmark_solve"):
+    with torch.profiler.record_function(reference.LANDMARK_SOLVE_RANGE):
         alpha = reference.newton_alpha(mat).reshape(-1, 1, 1)  # grouped on mat's own leading dims, then flattened
         mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
         x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
@@ -255,7 +255,7 @@ def ridge_cholesky_solve(mat: Tensor, x: Tensor, eps: float = CHOLESKY_EPS) -> T
 
     Matrices whose factorisation fails get ``x / (mean diag + ridge)`` (per matrix, no host sync).
     """
-    with torch.profiler.record_function("mmsoft::landmark_solve"):
+    with torch.profiler.record_function(reference.LANDMARK_SOLVE_RANGE):
         mat64, x64 = mat.to(torch.float64), x.to(torch.float64)
         scale = mat64.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]  # 1 for a Gaussian kernel
         eye = torch.eye(mat.shape[-1], dtype=torch.float64, device=mat.device)

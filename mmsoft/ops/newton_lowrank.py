@@ -174,7 +174,7 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
     matrix, whose ``P`` is NaN). ``alpha`` is the published start of the whole ``mat``
     (:func:`mmsoft.ops.reference.newton_alpha`). Eagerly one host read of the certificate; none under
     ``torch.compile`` (``torch.cond``)."""
-    with torch.profiler.record_function("mmsoft::landmark_solve"):
+    with torch.profiler.record_function(reference.LANDMARK_SOLVE_RANGE):
         alpha = reference.newton_alpha(mat64)
         c = math.ldexp(1.0, num_iters) * alpha
         iterate = subspace_iteration(mat, rank, power_iters)

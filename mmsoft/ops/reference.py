@@ -96,6 +96,11 @@ def newton_alpha(mat: Tensor) -> Tensor:
     return alpha.expand(lead)[..., None, None]
 
 
+#: Name of the ``torch.profiler.record_function`` range around every landmark solve (each solver's work, whatever
+#: module it lives in), so that a profiler trace, and the benchmark tools, can tell the solve's share of a run.
+LANDMARK_SOLVE_RANGE = "mmsoft::landmark_solve"
+
+
 def newton_schulz_iterations(mat: Tensor, num_iters: int) -> Tensor:
     """Run Newton-Schulz ``V <- 2V - V mat V`` from ``V0 = alpha * mat``, without autograd.
 
@@ -103,7 +108,7 @@ def newton_schulz_iterations(mat: Tensor, num_iters: int) -> Tensor:
     see :func:`newton_alpha` (shared by the matrices of one index of the first dim). Computed on the device without
     host synchronisation.
     """
-    with torch.profiler.record_function("mmsoft::landmark_solve"):
+    with torch.profiler.record_function(LANDMARK_SOLVE_RANGE):
         alpha = newton_alpha(mat)
         mat3 = mat.reshape(-1, mat.shape[-2], mat.shape[-1])
         inv = (alpha * mat).reshape_as(mat3)

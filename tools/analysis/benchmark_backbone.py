@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 from benchlib.case_subprocess import run_case_subprocess
 from benchlib.process_memory import PeakMemory
-from benchlib.profiler_ranges import LANDMARK_SOLVE, range_seconds
+from benchlib.profiler_ranges import solver_share
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIGS = {
@@ -234,13 +234,6 @@ def timed_runs(step: Callable[[], None], repeat: int) -> list[float]:
         step()
         times.append(time.perf_counter() - t0)
     return times
-
-
-def solver_share(step: Callable[[], None], cuda: bool) -> dict[str, Any]:
-    """The landmark solves' seconds and share of one more, profiled run (:mod:`benchlib.profiler_ranges`)."""
-    wall, inside = range_seconds(step, LANDMARK_SOLVE, cuda)
-    return {"solver_s": inside, "solver_share": inside / wall if wall else 0.0, "solver_run_s": wall,
-            "solver_method": "torch.profiler range " + LANDMARK_SOLVE + (" (device time)" if cuda else " (CPU time)")}
 
 
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:

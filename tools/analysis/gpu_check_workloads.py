@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from benchlib.process_memory import PeakMemory
-from benchlib.profiler_ranges import LANDMARK_SOLVE, range_seconds
+from benchlib.profiler_ranges import solver_share
 
 CUDA_BROKEN_EXIT = 3
 
@@ -284,13 +284,6 @@ def run_backbone(spec: dict[str, Any], cache: BackboneCache) -> dict[str, Any]:
         result.update(solver_share(step, cuda))
     net.zero_grad(set_to_none=True)
     return result
-
-
-def solver_share(step: Callable[[], None], cuda: bool) -> dict[str, Any]:
-    """Seconds inside the landmark solver (the ``mmsoft::landmark_solve`` profiler ranges: host time on the CPU,
-    kernel time on CUDA) during one more run, and their share of that run's wall time."""
-    wall, inside = range_seconds(step, LANDMARK_SOLVE, cuda)
-    return {"solver_s": inside, "solver_share": inside / wall if wall > 0 else None}
 
 
 # ----------------------------------------------------------------------------------------------- environment
