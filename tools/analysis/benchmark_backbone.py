@@ -247,8 +247,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
     backward = spec["mode"] == "forward+backward"
-    checkpoint = spec["soft_checkpoints"].get(spec["model"])
-    model = build_model(spec["model"], spec["solver"], spec["what"], checkpoint).to(device)
+    model = build_model(spec["model"], spec["solver"], spec["what"], spec["checkpoint"]).to(device)
     model.train(backward)
     step = make_step(model, spec["what"], backward, device)
     warm = timed_runs(lambda: step(WARMUP_SIZE), 1)[0]
@@ -453,7 +452,7 @@ def case_specs(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     """Every (size, mode, model, solver) case of the command line, in the order they run."""
     return [{"device": device, "model": model, "solver": solver, "size": list(size), "mode": mode,
              "what": args.what, "repeat": args.repeat, "threads": args.threads,
-             "soft_checkpoints": args.soft_checkpoint}
+             "checkpoint": args.soft_checkpoint.get(model)}
             for size in args.sizes for mode in args.mode for model in args.models
             for solver in (args.solvers if model.startswith("soft") else ["-"])]
 
