@@ -75,4 +75,21 @@ def test_peak_memory_sees_a_temporary_allocation():
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written
         del block
     assert mem.peak_bytes >= 48 * 2**20, mem.peak_bytes
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux peak RSS only")
+def test_garbage_freed_inside_the_block_does_not_hide_its_peak():
+    import gc
+
+    # 256 MiB of earlier work, reachable only through a reference cycle: freed by the next garbage collection. Were
+    # that collection inside the block (it runs whenever the interpreter decides), the resident size would drop
+    # below the block's base and the block's own 64 MiB would not show.
+    cycle: list = [torch.ones(256 * 2**20 // 4)]
+    cycle.append(cycle)
+    del cycle
+    with PeakMemory(cuda=False) as mem:
+        gc.collect()
+        block = torch.ones(64 * 2**20 // 4)
+        del block
+    assert mem.peak_bytes >= 48 * 2**20, mem.peak_bytes
     assert mem.method == "VmHWM after clear_refs"

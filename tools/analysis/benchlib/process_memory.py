@@ -2,6 +2,7 @@
 tools' per-case workers."""
 from __future__ import annotations
 
+import gc
 import re
 from typing import Any
 
@@ -29,7 +30,7 @@ class PeakMemory:
     CUDA: ``torch.cuda.max_memory_allocated`` minus the bytes allocated at the start (the caching allocator's view).
     CPU: the peak resident set size (``VmHWM``, reset at the start) minus the resident size at the start; this counts
     every allocation (torch's allocator, BLAS scratch), not only tensors. Where the peak cannot be reset it includes
-    earlier peaks of the process, and ``method`` says so.
+    earlier peaks of the process, and ``method`` says so. Entering collects garbage first (see ``__enter__``).
     """
 
     def __init__(self, cuda: bool, device: Any = None) -> None:
@@ -40,6 +41,9 @@ class PeakMemory:
         self._base = 0
 
     def __enter__(self) -> PeakMemory:
+        # Free the garbage of earlier work now: a collection inside the block would lower the resident size under
+        # the base read here and hide (part of) the block's own peak.
+        gc.collect()
         if self.cuda:
             import torch
 
