@@ -16,12 +16,12 @@ O(N d + m^2) memory per head), ``'reference'`` the PyTorch reference (materialis
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch import Tensor
 
-from . import custom_ops, ext_loader, landmark_solvers, reference
+from . import ext_loader, landmark_solvers, reference
+from .ext_products import ext_products
 from .precision import acc_dtype, autocast_disabled
 
 #: Backends accepted by ``soft_attention(..., impl=...)`` and the backbone's ``attn_impl``.
@@ -104,22 +104,6 @@ def _products_reference(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solve
     return reference.kernel_matmul(qf, kf, context)
 
 
-def _products_ext(q: Tensor, k: Tensor, v: Tensor, apply_p: landmark_solvers.Operator) -> Tensor:
-    # N-sized operands in one input dtype T; landmark-sized ones (k, P, context) in acc(T), see custom_ops.
-    if torch.float64 in (q.dtype, k.dtype, v.dtype):
-        dtype = torch.float64
-    else:
-        dtype = torch.promote_types(q.dtype, v.dtype)
-    acc = acc_dtype(dtype)
-    lead, (n, d), m, c = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
-    batch = math.prod(lead)
-    q3 = q.to(dtype).reshape(batch, n, d)
-    v3 = v.to(dtype).reshape(batch, n, c)
-    k3 = k.to(acc).reshape(batch, m, d)
-    context = apply_p(custom_ops.kernel_t_matmul(q3, k3, v3).view(*lead, m, c)).to(acc).reshape(batch, m, c)
-    return custom_ops.kernel_matmul(q3, k3, context).reshape(*lead, n, c)
-
-
 def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_iters: int = 20,
                    impl: str = "auto", solver: str = "newton", landmark_mask: Tensor | None = None) -> Tensor:
     """SOFT attention ``A . (P . (A^T v))`` for queries ``q (..., N, d)``, landmarks ``k (..., m, d)``
@@ -142,10 +126,15 @@ def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_i
     landmark_solvers.check_num_iters(num_iters)
     _check_inputs(q, k, v)
     backend = _choose_backend(impl, q, k, v)
-    apply_p = landmark_solvers.build_operator(k, sym_norm, num_iters, solver, landmark_mask)
+
+    def make_operator(landmarks: Tensor) -> landmark_solvers.Operator:
+        return landmark_solvers.build_operator(landmarks, sym_norm, num_iters, solver, landmark_mask)
+
     with autocast_disabled(q.device.type):
-        products = _products_ext if backend == "ext" else _products_reference
-        out = products(q, k, v, apply_p)
+        if backend == "ext":
+            out = ext_products(q, k, v, make_operator)
+        else:
+            out = _products_reference(q, k, v, make_operator(k))
     return out.to(v.dtype)
 
 

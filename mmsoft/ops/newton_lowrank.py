@@ -122,13 +122,13 @@ class LowrankFactors(NamedTuple):
 
 
 def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
-                    power_iters: int = LOWRANK_POWER_ITERS,
-                    iterate: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    power_iters: int = LOWRANK_POWER_ITERS, iterate: tuple[Tensor, Tensor] | None = None,
+                    mat_norm_sq: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(Q, f(T), W, R, err)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the ``num_iters``-step
     Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64) with start
     ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of ``P`` (see
-    the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s result when
-    already computed."""
+    the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s result and
+    ``mat_norm_sq``: ``|mat64|_F^2 (...)``, when already computed (each is a pass over the ``m x m`` matrices)."""
     if power_iters < 1:
         raise ValueError(f"power_iters must be >= 1, got {power_iters}")
     _, y = iterate if iterate is not None else subspace_iteration(mat, rank, power_iters)
@@ -145,7 +145,7 @@ def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, r
     lam_star = (math.ldexp(1.0, num_iters) * alpha[..., 0, 0]).rsqrt()
     norm = torch.linalg.matrix_norm
     if q.shape[-1] < mat.shape[-1]:
-        tail = _tail(norm(mat64).square(), aq, q) / lam_star
+        tail = _tail(norm(mat64).square() if mat_norm_sq is None else mat_norm_sq, aq, q) / lam_star
     else:
         tail = torch.zeros_like(lam_star)  # Q spans everything
     resid = norm(r) / lam_star
@@ -178,15 +178,16 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
         alpha = reference.newton_alpha(mat64)
         c = math.ldexp(1.0, num_iters) * alpha
         iterate = subspace_iteration(mat, rank, power_iters)
+        mat_norm_sq = torch.linalg.matrix_norm(mat64).square()
         eager = not torch.compiler.is_compiling() and mat.device.type != "meta"
         if eager and iterate[0].shape[-1] < mat.shape[-1] and mat64.shape[:-2].numel() > 0:
             # A flat spectrum shows already in the float32 iterate: skip the float64 steps when no matrix can pass.
-            early = _tail(torch.linalg.matrix_norm(mat64).square(), iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
+            early = _tail(mat_norm_sq, iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
             if not (early <= LOWRANK_EARLY_REJECT).any():
                 eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
                 every = torch.ones_like(early, dtype=torch.bool)
                 return LowrankFactors(None, None, None, None, c, every, eigvecs, filt)
-        q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate)
+        q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate, mat_norm_sq)
         exact = ~(err <= tolerance)  # NaN estimates (non-finite input) fail too
         eigvecs = filt = None
         if torch.compiler.is_compiling():

@@ -1,0 +1,113 @@
+"""The N-sized products of the SOFT attention on the fused kernels of ``mmsoft._ext``: ``A . (P . (A^T v))``.
+
+Forward is two passes over the ``N x m`` kernel ``A`` (recomputed tile by tile, never stored): ``A^T v``, then
+``A w`` for ``w = P (A^T v)``. Backward would naively take two more passes with the full gradient work of each
+forward op (``G = A o (x y^T)``, then ``dq = G k - rowsum(G) q``, ``dk = G^T q - colsum(G) k`` and a third product),
+four ``N x m`` GEMMs per pass. :class:`SoftProductsFunction` evaluates the whole product as one autograd node instead,
+so that backward needs
+
+1. ``dw = A^T g_out`` (the forward kernel ``A^T v``: two GEMMs), then ``g = dL/d(A^T v)`` and the landmarks'
+   gradient through ``P`` by autograd on ``P`` alone (``m``-sized work);
+2. one pass for everything else: both gradient terms share ``A``, so
+   ``G = A o (v g^T + g_out w^T) = A o ([v, g_out] [g, w]^T)`` gives ``dq`` and ``dk`` with one pair of GEMMs, and
+   its third product ``A [g, w]`` holds ``dv = A g`` in its first ``c`` columns.
+
+The same gradients (sums in another order), about a fifth fewer ``N x m`` operations per training step. The plain
+two-op path (each op with its own backward, :mod:`mmsoft.ops.custom_ops`) remains for inference and under
+``torch.compile``, whose tracer cannot run autograd inside a Function's backward.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import custom_ops
+from .landmark_solvers import Operator
+from .precision import acc_dtype
+
+#: ``make_operator(k) -> (x -> P x)``: builds the landmark operator from landmarks ``k (..., m, d)``, differentiably.
+OperatorBuilder = Callable[[Tensor], Operator]
+
+
+def _operand_dtypes(q: Tensor, k: Tensor, v: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """``(T, acc(T))``: N-sized operands run in one input dtype ``T``, landmark-sized ones in ``acc(T)``."""
+    if torch.float64 in (q.dtype, k.dtype, v.dtype):
+        dtype = torch.float64
+    else:
+        dtype = torch.promote_types(q.dtype, v.dtype)
+    return dtype, acc_dtype(dtype)
+
+
+def _flat(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``q``, ``k``, ``v`` as the 3-D operands of the fused kernels (batch = product of the leading dims)."""
+    dtype, acc = _operand_dtypes(q, k, v)
+    batch = math.prod(q.shape[:-2])
+    return (q.to(dtype).reshape(batch, *q.shape[-2:]), k.to(acc).reshape(batch, *k.shape[-2:]),
+            v.to(dtype).reshape(batch, *v.shape[-2:]))
+
+
+def _two_op_products(q: Tensor, k: Tensor, v: Tensor, apply_p: Operator) -> Tensor:
+    lead, n, m, c = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
+    q3, k3, v3 = _flat(q, k, v)
+    context = apply_p(custom_ops.kernel_t_matmul(q3, k3, v3).view(*lead, m, c)).to(k3.dtype).reshape(k3.shape[0], m, c)
+    return custom_ops.kernel_matmul(q3, k3, context).reshape(*lead, n, c)
+
+
+class SoftProductsFunction(torch.autograd.Function):
+    """``A . (P . (A^T v))`` as one autograd node (see the module docstring). ``P`` is built inside from a detached
+    copy of ``k`` by ``make_operator``, under autograd, and differentiated with ``torch.autograd.grad`` in backward,
+    so every landmark solver keeps its own backward. Output ``(..., N, c)`` in the input dtype ``T``.
+
+    Second derivatives: first-order gradients with ``create_graph=True`` work; differentiating them raises the
+    fused kernels' "not implemented" error, as the two-op path does."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, make_operator: OperatorBuilder) -> Tensor:  # type: ignore[override]
+        lead, n, m, c = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
+        q3, k3, v3 = _flat(q, k, v)
+        context = custom_ops.kernel_t_matmul(q3, k3, v3).view(*lead, m, c)
+        with torch.enable_grad():
+            k_leaf = k.detach().requires_grad_(ctx.needs_input_grad[1])
+            context_leaf = context.detach().requires_grad_()
+            w = make_operator(k_leaf)(context_leaf)
+        w3 = w.detach().to(k3.dtype).reshape(k3.shape[0], m, c)
+        ctx.save_for_backward(q, k, v, w3)
+        ctx.landmark_graph = (w, k_leaf, context_leaf)
+        return custom_ops.kernel_matmul(q3, k3, w3).reshape(*lead, n, c)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        q, k, v, w3 = ctx.saved_tensors
+        w, k_leaf, context_leaf = ctx.landmark_graph
+        lead, n, c = q.shape[:-2], q.shape[-2], v.shape[-1]
+        q3, k3, v3 = _flat(q, k, v)
+        g_out3 = grad_out.to(q3.dtype).reshape(q3.shape[0], n, c)
+        dw = custom_ops.kernel_t_matmul(q3, k3, g_out3)                                    # A^T g_out
+        create_graph = torch.is_grad_enabled()
+        wrt = (context_leaf, k_leaf) if k_leaf.requires_grad else (context_leaf,)
+        # retain_graph: a caller's retain_graph=True may run this backward again.
+        grads = torch.autograd.grad(w, wrt, dw.view_as(w).to(w.dtype), retain_graph=True, create_graph=create_graph)
+        g3 = grads[0].to(k3.dtype).reshape_as(w3)
+        dq3, dk3, third = custom_ops.kernel_t_matmul_backward(
+            q3, k3, torch.cat([v3, g_out3], -1), torch.cat([g3, w3], -1))
+        dq = dq3.reshape(q.shape).to(q.dtype)
+        dk = dk3.reshape(k.shape)
+        if len(grads) > 1:
+            dk = dk + grads[1]
+        dv = third[..., :c].reshape(*lead, n, c).to(v.dtype)
+        return dq, dk.to(k.dtype), dv, None
+
+
+def ext_products(q: Tensor, k: Tensor, v: Tensor, make_operator: OperatorBuilder) -> Tensor:
+    """``A . (P . (A^T v))`` on the fused kernels, ``(..., N, c)`` in the input dtype ``T`` (float64 if any operand
+    is, else the promotion of ``q`` and ``v``). ``make_operator`` builds ``x -> P x`` from the landmarks.
+
+    With gradients needed (eager) one :class:`SoftProductsFunction` node; else, and under ``torch.compile``, the two
+    custom ops."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if needs_grad and not torch.compiler.is_compiling():
+        return SoftProductsFunction.apply(q, k, v, make_operator)
+    return _two_op_products(q, k, v, make_operator(k))
