@@ -117,3 +117,28 @@ def test_soft_checkpoint_option_loads_the_weights(tmp_path):
     loaded = model.state_dict()
     assert expected.keys() == loaded.keys()
     assert all(torch.equal(loaded[key], value) for key, value in expected.items())
+
+
+def test_photo_input_is_a_normalised_photograph_padded_like_mmdet():
+    import torch
+
+    img, _ = bb._detector_inputs((100, 130), torch.device("cpu"), False, source="photo")
+    assert img.shape == (1, 3, 128, 160)
+    content, padding = img[..., :100, :130], img[..., 100:, :].abs().sum() + img[..., 130:].abs().sum()
+    assert padding == 0
+    # A photograph, not noise: neighbouring pixels agree far more than independent draws would.
+    assert (content[..., 1:] - content[..., :-1]).abs().mean() < 0.3 * content.std()
+    assert -3 < content.mean() < 3 and 0.3 < content.std() < 3
+    with pytest.raises(ValueError, match="3 input channels"):
+        bb._detector_inputs((64, 64), torch.device("cpu"), False, in_channels=4, source="photo")
+
+
+def test_norm_eval_applies_to_soft_training_cases_only():
+    args = bb.parse_args(["--models", "soft-t", "pvt-t", "--solvers", "newton", "--sizes", "64x64",
+                          "--mode", "forward", "forward+backward", "--soft-norm-eval", "--input", "noise"])
+    specs = {(spec["model"], spec["mode"]): spec for spec in bb.case_specs(args, "cpu")}
+    assert specs[("soft-t", "forward+backward")]["norm_eval"] is True
+    assert not specs[("soft-t", "forward")]["norm_eval"] and not specs[("pvt-t", "forward+backward")]["norm_eval"]
+    assert all(spec["input"] == "noise" for spec in specs.values())
+    assert bb.label({"model": "soft-t", "solver": "newton", "norm_eval": True}) == "soft-t (newton, norm_eval)"
+    assert bb.parse_args([]).input == "photo" and not bb.parse_args([]).soft_norm_eval

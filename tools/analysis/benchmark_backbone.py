@@ -11,7 +11,13 @@ eigendecomposition on flat ones, as a random initialisation has). ``--what backb
 ``--what detector`` the whole RetinaNet: ``forward`` is ``model(..., mode='predict')`` (backbone, FPN, head, box
 decoding and NMS) under ``torch.no_grad`` (as mmengine's test loop); ``forward+backward`` is ``mode='loss'`` with
 three ground-truth boxes plus ``backward``. Inputs: batch 1, an ``H x W`` image zero-padded to a multiple of 32, as
-mmdet's data preprocessor does (800x1333 runs as 800x1344).
+mmdet's data preprocessor does (800x1333 runs as 800x1344): ``--input photo`` (default) a photograph (matplotlib's
+sample ``grace_hopper.jpg``, shipped with matplotlib) resized to ``H x W`` and normalised with the ImageNet mean / std
+of the configs, ``--input noise`` standard normal pixels. The input changes the landmark kernels' spectra, hence the
+time of ``newton_lowrank`` (noise makes stage 1's landmarks unlike a photograph's); the other models' costs do not
+depend on it. ``--soft-norm-eval`` keeps the SOFT backbones' BatchNorms in eval mode in ``forward+backward`` (mmdet's
+``norm_eval=True``): with the seeded test weights, whose BN running statistics are arbitrary, BN in training mode
+rescales the stem's features and flattens the landmark spectra.
 
 Every case runs in a fresh subprocess. Time: median (JSON ``time_s``) and best (``best_s``, shown in the tables: the
 better estimate on a machine shared with other jobs) of ``--repeat`` runs after one warm-up run at 256x256 (lazy
@@ -75,6 +81,11 @@ MODES = ("forward", "forward+backward")
 #: landmark solver can beat: what SOFT costs without the ``P`` it needs.
 NO_SOLVE = "no-solve"
 WARMUP_SIZE = (256, 256)
+INPUTS = ("photo", "noise")
+#: The photograph of ``--input photo``: a sample image that ships inside matplotlib (a dependency of mmdet).
+PHOTO_SAMPLE = "grace_hopper.jpg"
+#: Normalisation of the RetinaNet configs' data preprocessor (ImageNet mean / std, RGB, 0-255).
+PIXEL_MEAN, PIXEL_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 DEMO_CKPT = ROOT / "work_dirs/demo_retinanet/iter_600.pth"
 DEMO_CONFIG = ROOT / "configs/demo/retinanet_soft-t-norm_fpn_demo.py"
 DEMO_IMAGES = ROOT / "data/demo/coco/val"
@@ -125,6 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weights for a SOFT model (e.g. soft-t=soft_tiny_norm.pth; reference or mmsoft layout): "
                              "the time of newton_lowrank depends on the landmark kernels' spectra, so measure it on "
                              "the checkpoint you use (default: random initialisation)")
+    parser.add_argument("--input", default="photo", choices=INPUTS,
+                        help="photo: a photograph resized to each size (default); noise: standard normal pixels")
+    parser.add_argument("--soft-norm-eval", action="store_true",
+                        help="forward+backward with the SOFT backbones' BatchNorms in eval mode (norm_eval=True)")
     parser.add_argument("--what", default="detector", choices=("backbone", "detector"))
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"), help="default: cuda when available")
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per case (median and best kept)")
@@ -178,15 +193,36 @@ def build_model(name: str, solver: str, what: str, checkpoint: str | None = None
     return model
 
 
-def _detector_inputs(size: tuple[int, int], device, backward: bool, in_channels: int = 3):
+def photo_input(size: tuple[int, int]):
+    """:data:`PHOTO_SAMPLE` resized (bilinear) to ``size`` (H x W), normalised: ``(1, 3, H, W)`` float32."""
+    import numpy as np
     import torch
+    import torch.nn.functional as F
+    from matplotlib import cbook
+    from PIL import Image
+
+    with Image.open(cbook.get_sample_data(PHOTO_SAMPLE)) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    img = F.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None], size=size, mode="bilinear",
+                        align_corners=False)
+    return (img - torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)) / torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+
+
+def _detector_inputs(size: tuple[int, int], device, backward: bool, in_channels: int = 3, source: str = "noise"):
+    import torch
+    import torch.nn.functional as F
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
     h, w = size
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-    gen = torch.Generator().manual_seed(0)
-    img = torch.randn(1, in_channels, ph, pw, generator=gen).to(device)
+    if source == "photo":
+        if in_channels != 3:
+            raise ValueError(f"--input photo needs a model with 3 input channels, this one takes {in_channels}")
+        img = F.pad(photo_input(size), (0, pw - w, 0, ph - h)).to(device)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        img = torch.randn(1, in_channels, ph, pw, generator=gen).to(device)
     sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(ph, pw),
                                          batch_input_shape=(ph, pw), scale_factor=(1.0, 1.0)))
     if backward:
@@ -197,10 +233,10 @@ def _detector_inputs(size: tuple[int, int], device, backward: bool, in_channels:
     return img, [sample]
 
 
-def make_step(model, what: str, backward: bool, device) -> Callable[[tuple[int, int]], None]:
-    """One run of ``model`` on an input of a given size: ``forward`` under ``torch.no_grad`` (the detector in
-    ``predict`` mode), or ``forward+backward`` (the detector's losses, the backbone's mean square outputs), waited for
-    on CUDA."""
+def make_step(model, what: str, backward: bool, device, source: str = "noise") -> Callable[[tuple[int, int]], None]:
+    """One run of ``model`` on an input of a given size (``source``: ``'photo'`` or ``'noise'``, see ``--input``):
+    ``forward`` under ``torch.no_grad`` (the detector in ``predict`` mode), or ``forward+backward`` (the detector's
+    losses, the backbone's mean square outputs), waited for on CUDA."""
     import torch
 
     from mmsoft.utils.channel_check import model_input_channels
@@ -208,7 +244,7 @@ def make_step(model, what: str, backward: bool, device) -> Callable[[tuple[int, 
     in_channels = model_input_channels(model)
 
     def step(size: tuple[int, int]) -> None:
-        img, samples = _detector_inputs(size, device, backward, in_channels)
+        img, samples = _detector_inputs(size, device, backward, in_channels, source)
         if backward:
             model.zero_grad(set_to_none=True)
             if what == "detector":
@@ -249,7 +285,11 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     backward = spec["mode"] == "forward+backward"
     model = build_model(spec["model"], spec["solver"], spec["what"], spec["checkpoint"]).to(device)
     model.train(backward)
-    step = make_step(model, spec["what"], backward, device)
+    if backward and spec.get("norm_eval") and spec["model"].startswith("soft"):
+        backbone = model if spec["what"] == "backbone" else model.backbone
+        backbone.norm_eval = True
+        backbone.train(True)  # its train() override puts the BatchNorms in eval mode
+    step = make_step(model, spec["what"], backward, device, spec.get("input", "noise"))
     warm = timed_runs(lambda: step(WARMUP_SIZE), 1)[0]
     size = tuple(spec["size"])
     with PeakMemory(cuda, device) as mem:
@@ -386,8 +426,10 @@ def run_in_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def label(result: dict[str, Any]) -> str:
-    """Row label: the model, plus the solver for SOFT models."""
-    return f"{result['model']} ({result['solver']})" if result["model"].startswith("soft") else result["model"]
+    """Row label: the model, plus the solver for SOFT models (and ``norm_eval`` when set)."""
+    if not result["model"].startswith("soft"):
+        return result["model"]
+    return f"{result['model']} ({result['solver']}{', norm_eval' if result.get('norm_eval') else ''})"
 
 
 def markdown_table(results: list[dict[str, Any]], sizes: list[tuple[int, int]], mode: str) -> str:
@@ -452,7 +494,8 @@ def case_specs(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     """Every (size, mode, model, solver) case of the command line, in the order they run."""
     return [{"device": device, "model": model, "solver": solver, "size": list(size), "mode": mode,
              "what": args.what, "repeat": args.repeat, "threads": args.threads,
-             "checkpoint": args.soft_checkpoint.get(model)}
+             "checkpoint": args.soft_checkpoint.get(model), "input": args.input,
+             "norm_eval": args.soft_norm_eval and model.startswith("soft") and mode == "forward+backward"}
             for size in args.sizes for mode in args.mode for model in args.models
             for solver in (args.solvers if model.startswith("soft") else ["-"])]
 
