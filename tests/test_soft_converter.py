@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.reference_weights import reference_layout_with_depths
 
 from mmsoft.models import SOFT
 from mmsoft.models.backbones import soft_converter
@@ -252,16 +253,6 @@ def test_wrong_arch_and_prefix_errors(tmp_path, logs):
         deeper.init_weights()
 
 
-def reference_layout_with_depths(depths: list[int]) -> dict[str, list[int]]:
-    """The soft_norm_tiny layout with ``depths[k]`` blocks in stage k (block templates: each stage's block 0)."""
-    layout = FIXTURE["models"]["soft_norm_tiny"]["state_dict"]
-    out = {k: v for k, v in layout.items() if not k.startswith("block")}
-    for stage, depth in enumerate(depths, start=1):
-        template = {k[len(f"block{stage}.0."):]: v for k, v in layout.items() if k.startswith(f"block{stage}.0.")}
-        out.update({f"block{stage}.{j}.{k}": v for j in range(depth) for k, v in template.items()})
-    return out
-
-
 def test_reference_small_preset_is_not_silently_truncated(tmp_path):
     """The reference code's ``soft_small`` preset has 20 stage-3 blocks; mmsoft's 'small' (the published 24M model)
     has 7. Loading one into the other names the depths and the arch that would fit."""
@@ -288,3 +279,13 @@ def test_converter_script(tmp_path):
     model = SOFT(arch="tiny", with_cls_token=True)
     model.load_state_dict(state, strict=True)
     assert_loaded_from(model, src)
+
+
+def test_seeded_small_weights_fit_mmsoft_small():
+    """The derived SOFT-Small layout (the benchmarks' realistic SOFT-S weights) loads strictly into arch='small'."""
+    from helpers.reference_weights import seeded_reference_state_dict
+
+    state = soft_convert(seeded_reference_state_dict("soft_norm_small", 0, torch.float32), with_cls_token=False)
+    model = SOFT(arch="small")
+    model.load_state_dict(state, strict=True)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(23.5e6, rel=0.05)

@@ -177,4 +177,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &mmsoft::build_info, "what this build of mmsoft._ext contains");
   m.def("acc_dtype", &mmsoft::acc_type_of, "accumulation dtype of the kernels for inputs of `dtype`",
         pybind11::arg("dtype"));
+  m.def("exp_floor", &mmsoft::exp_floor_of, "floor of the kernels' exponent arguments for inputs of `dtype`",
+        pybind11::arg("dtype"));
 }

@@ -14,12 +14,19 @@
 
 #include <tuple>
 
+#include "exp_floor.h"
+
 namespace mmsoft {
 
 // Accumulation dtype of an input dtype: float64 stays float64, everything else accumulates in float32. The only
 // such mapping in the C++ code; exported as mmsoft._ext.acc_dtype, and tests/ops/test_ext_kernels.py checks that it
 // agrees with mmsoft.ops.precision.acc_dtype.
 constexpr at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The exponent floor (exp_floor.h) of the kernels for inputs of dtype t (that of its accumulation dtype).
+constexpr double exp_floor_of(at::ScalarType t) {
+  return acc_type_of(t) == at::kDouble ? kExpFloorDouble : static_cast<double>(kExpFloorFloat);
+}
 
 // out = A^T v: (B, m, c) in acc(T); out = A w: (B, N, c) in T.
 using ForwardFn = at::Tensor (*)(const at::Tensor& q, const at::Tensor& k, const at::Tensor& centre,

@@ -29,10 +29,28 @@ LANDMARK_NORM_SCALE = 0.25
 FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "data" / "soft_reference_params.json").read_text())
 
 
+#: Layouts not in the fixture, derived from ``soft_norm_tiny``'s with other depths (same widths): mmsoft's SOFT-Small
+#: (the published 24M model; the reference code's own ``small`` preset has 20 stage-3 blocks). Seeded weights of these
+#: have no reference golden; the benchmarks use them as realistic weights.
+DERIVED_DEPTHS = {"soft_norm_small": [1, 3, 7, 4]}
+
+
+def reference_layout_with_depths(depths: list[int]) -> dict[str, list[int]]:
+    """The soft_norm_tiny layout with ``depths[k]`` blocks in stage k (block templates: each stage's block 0)."""
+    layout = FIXTURE["models"]["soft_norm_tiny"]["state_dict"]
+    out = {k: v for k, v in layout.items() if not k.startswith("block")}
+    for stage, depth in enumerate(depths, start=1):
+        template = {k[len(f"block{stage}.0."):]: v for k, v in layout.items() if k.startswith(f"block{stage}.0.")}
+        out.update({f"block{stage}.{j}.{k}": v for j in range(depth) for k, v in template.items()})
+    return out
+
+
 def reference_layout(model: str) -> dict[str, list[int]]:
     """Names and shapes of the reference model's state dict. Plain ``soft_*`` models share the ``soft_norm_*``
-    layout (the symmetric normalisation adds no parameter)."""
-    name = model if model in FIXTURE["models"] else model.replace("soft_", "soft_norm_", 1)
+    layout (the symmetric normalisation adds no parameter); :data:`DERIVED_DEPTHS` models are derived."""
+    name = model if model in FIXTURE["models"] or model in DERIVED_DEPTHS else model.replace("soft_", "soft_norm_", 1)
+    if name in DERIVED_DEPTHS:
+        return reference_layout_with_depths(DERIVED_DEPTHS[name])
     return FIXTURE["models"][name]["state_dict"]
 
 

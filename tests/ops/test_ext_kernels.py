@@ -1,11 +1,13 @@
 """The fused kernels of mmsoft._ext (custom ops mmsoft::kernel_t_matmul / mmsoft::kernel_matmul) against the
 PyTorch reference: per dtype, odd sizes, gradients, gradcheck, non-contiguous inputs, memory and input checks."""
+import math
+
 import pytest
 import torch
 from utils import TOLERANCES, make_inputs, rel_err
 
 from mmsoft.ops import custom_ops, ext_loader, reference
-from mmsoft.ops.precision import acc_dtype
+from mmsoft.ops.precision import acc_dtype, exp_floor
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -25,6 +27,32 @@ def make_operands(batch: int, n: int, m: int, d: int, c: int, dtype: torch.dtype
 def test_accumulation_dtype_is_one_rule_in_python_and_cpp(dtype):
     """The C++ mapping (acc_type_of, exported as _ext.acc_dtype) and mmsoft.ops.precision.acc_dtype agree."""
     assert ext_loader.get_ext().acc_dtype(dtype) == acc_dtype(dtype)
+
+
+@pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_exponent_floor_is_one_rule_in_python_and_cpp(dtype):
+    """mmsoft/csrc/exp_floor.h (exported as _ext.exp_floor) and mmsoft.ops.precision.exp_floor agree, and the floor
+    is the smallest integer above log(smallest normal) of the accumulation dtype."""
+    floor = exp_floor(dtype)
+    assert ext_loader.get_ext().exp_floor(dtype) == floor
+    tiny = torch.finfo(acc_dtype(dtype)).tiny
+    assert math.exp(floor) >= tiny > math.exp(floor - 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_far_apart_entries_sit_at_the_floor_in_both_backends(device, dtype):
+    """Queries 80 apart from every landmark (exp(-3200) underflows in float64 too): each kernel entry is exp(floor),
+    a normal number, never a subnormal or zero, in the reference and in the fused kernels alike."""
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("the CUDA kernels do not take float64")
+    q = torch.zeros(1, 50, 4, dtype=dtype)
+    k = torch.full((1, 3, 4), 40.0, dtype=acc_dtype(dtype))  # |q - k|^2 / 2 = 3200
+    v = torch.ones(1, 50, 2, dtype=dtype)
+    entry = math.exp(exp_floor(dtype))
+    assert torch.all(reference.gaussian_kernel(q.to(k.dtype), k) == torch.tensor(entry, dtype=k.dtype))
+    out = custom_ops.kernel_t_matmul(q.to(device), k.to(device), v.to(device)).cpu()
+    assert torch.allclose(out, torch.full_like(out, 50 * entry), rtol=1e-6, atol=0)
 
 
 def leaf64(*tensors):

@@ -100,11 +100,12 @@ at::Tensor augment_queries(const at::Tensor& q, const at::Tensor& centre, const 
   return qaug;
 }
 
-// a = exp(min(qaug_rows kaug_b^T, 0)) (rows x m): one tile of A.
+// a = exp(clamp(qaug_rows kaug_b^T, floor, 0)) (rows x m): one tile of A.
 void gaussian_tile(const at::Tensor& qaug_rows, const at::Tensor& kaug_b, at::Tensor& a) {
   at::mm_out(a, qaug_rows, kaug_b.t());
-  // The clamp removes rounding noise that could make -|q - k|^2 / 2 slightly positive (as the reference does).
-  a.clamp_max_(0).exp_();
+  // The upper clamp removes rounding noise that could make -|q - k|^2 / 2 slightly positive (as the reference does);
+  // the lower one keeps exp off its slow path (exp_floor.h).
+  a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
 }
 
 // out_rows = a . rhs, where out_rows may be of a narrower dtype T than acc(T): the product then goes through the

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "../exp_floor.h"
 #include "soft_attention_cuda.h"
 
 // Every launch goes through this macro. tests/ops/cuda_emulation/ redefines it (and the CUDA headers) to run these
@@ -160,8 +161,9 @@ __device__ __forceinline__ void micro_dot(const float* __restrict__ a, const flo
   }
 }
 
-// exp(-|q - k|^2 / 2) from q.k - |q|^2/2 - |k|^2/2; the clamp removes rounding noise above 0 (as the reference does).
-__device__ __forceinline__ float gauss(float arg) { return expf(fminf(arg, 0.f)); }
+// exp(-|q - k|^2 / 2) from q.k - |q|^2/2 - |k|^2/2; the upper clamp removes rounding noise above 0 (as the reference
+// does), the lower one is the exponent floor of the CPU kernels (../exp_floor.h), so both compute the same entries.
+__device__ __forceinline__ float gauss(float arg) { return expf(fminf(fmaxf(arg, kExpFloorFloat), 0.f)); }
 
 // The Gaussian tile fill, in place: s[i][j] = <q_r, k_j> of this thread's micro-tile (micro_dot of the centred q and
 // k tiles: rows r = ty + TS*i, landmarks jl = tx + TS*j) becomes A = exp(-|q_r - k_j|^2 / 2) from hq / hk (the
