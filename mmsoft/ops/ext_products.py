@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import custom_ops
+from . import custom_ops, ext_loader
 from .landmark_solvers import Operator
 from .precision import acc_dtype
 
@@ -105,9 +105,11 @@ def ext_products(q: Tensor, k: Tensor, v: Tensor, make_operator: OperatorBuilder
     """``A . (P . (A^T v))`` on the fused kernels, ``(..., N, c)`` in the input dtype ``T`` (float64 if any operand
     is, else the promotion of ``q`` and ``v``). ``make_operator`` builds ``x -> P x`` from the landmarks.
 
-    With gradients needed (eager) one :class:`SoftProductsFunction` node; else, and under ``torch.compile``, the two
-    custom ops."""
+    With gradients needed (eager) one :class:`SoftProductsFunction` node, whose gradient pass takes ``2c`` value
+    channels; else, under ``torch.compile``, and where the kernels do not take ``2c`` channels (CUDA, ``c`` above half
+    :data:`mmsoft.ops.ext_loader.CUDA_MAX_CHANNELS`), the two custom ops."""
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if needs_grad and not torch.compiler.is_compiling():
+    if (needs_grad and not torch.compiler.is_compiling()
+            and ext_loader.ext_unsupported(q.device.type, (), 2 * v.shape[-1]) is None):
         return SoftProductsFunction.apply(q, k, v, make_operator)
     return _two_op_products(q, k, v, make_operator(k))

@@ -94,3 +94,19 @@ def test_second_derivatives_raise_the_kernels_error():
     grads = torch.autograd.grad(soft_attention(q, k, v, impl="ext").sum(), (q, k, v), create_graph=True)
     with pytest.raises(RuntimeError, match=r"second derivatives.*impl='reference'"):
         torch.autograd.grad(grads[0].sum(), (q, k, v))
+
+
+def test_two_ops_where_the_kernels_lack_twice_the_channels(monkeypatch):
+    """The gradient pass of the one-node backward takes [v, g_out]: 2c channels. Where the kernels stop below that
+    (CUDA: CUDA_MAX_CHANNELS), the two ops run instead."""
+    from mmsoft.ops import ext_loader
+
+    limit = 8
+    original = ext_loader.ext_unsupported
+    monkeypatch.setattr(ext_loader, "ext_unsupported", lambda device_type, dtypes=(), channels=0: (
+        "too many channels" if channels > limit else original(device_type, dtypes, channels)))
+    q, k, v = (t.requires_grad_() for t in make_inputs(1, 2, 30, 6, 8, seed=9))
+    out = soft_attention(q, k, v, impl="ext")
+    assert type(out.grad_fn).__name__ != "SoftProductsFunctionBackward"
+    out.sum().backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None
