@@ -142,3 +142,31 @@ def test_norm_eval_applies_to_soft_training_cases_only():
     assert all(spec["input"] == "noise" for spec in specs.values())
     assert bb.label({"model": "soft-t", "solver": "newton", "norm_eval": True}) == "soft-t (newton, norm_eval)"
     assert bb.parse_args([]).input == "photo" and not bb.parse_args([]).soft_norm_eval
+
+
+def test_merge_combines_reports_and_later_cases_win(tmp_path, capsys):
+    import json
+
+    base = {"what": "backbone", "peak_bytes": 2**20, "params_m": 14.0, "solver_share": 0.2, "mode": "forward"}
+    first = {"meta": {"title": "backbone latency"}, "results": [
+        {**base, "model": "pvt-t", "solver": "-", "size": [512, 512], "best_s": 0.5},
+        {**base, "model": "soft-t", "solver": "newton_lowrank", "size": [512, 512], "best_s": 0.9}]}
+    second = {"meta": {"title": "backbone latency"}, "results": [
+        {**base, "model": "soft-t", "solver": "newton_lowrank", "size": [512, 512], "best_s": 0.6},
+        {**base, "model": "soft-t", "solver": "newton_lowrank", "size": [1024, 2048], "best_s": 16.0}]}
+    paths = []
+    for i, report in enumerate((first, second)):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(report))
+    report = bb.main(["--merge", *map(str, paths), "--out", str(tmp_path / "out")])
+    times = {(r["model"], tuple(r["size"])): r["best_s"] for r in report["results"]}
+    assert times == {("pvt-t", (512, 512)): 0.5, ("soft-t", (512, 512)): 0.6, ("soft-t", (1024, 2048)): 16.0}
+    assert len(report["runs"]) == 2
+    assert (tmp_path / "out" / "benchmark_backbone_merged.png").read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out
+    assert "| pvt-t | 14.0 | 0.50 | 1 | - | not run | - | - |" in table
+    mixed = {"meta": {"title": "t"}, "results": [{**base, "what": "detector", "model": "pvt-t", "solver": "-",
+                                                  "size": [64, 64], "best_s": 1.0}]}
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    with pytest.raises(SystemExit, match="different things"):
+        bb.main(["--merge", str(paths[0]), str(tmp_path / "mixed.json"), "--out", str(tmp_path / "out")])

@@ -148,6 +148,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accuracy", action="store_true", help="also compare the solvers on real activations")
     parser.add_argument("--accuracy-images", type=int, default=1, help="demo images for --accuracy")
     parser.add_argument("--skip-benchmark", action="store_true", help="only --accuracy")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="run nothing: combine the results of these reports (earlier runs of this tool, e.g. "
+                             "SOFT rows after a kernel change beside unchanged baselines) into one report, tables "
+                             "and plot; a later report's case replaces an earlier one's")
     parser.add_argument("--out", default="work_dirs/benchmark_backbone", help="output directory")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -535,12 +539,44 @@ def run_meta(args: argparse.Namespace, device: str, title: str) -> dict[str, Any
     }
 
 
+def case_key(result: dict[str, Any]) -> tuple:
+    """What identifies a case across reports: row label, mode, size and what was timed."""
+    return label(result), result["mode"], tuple(result["size"]), result.get("what")
+
+
+def merge_reports(paths: list[str], out_dir: Path) -> dict[str, Any]:
+    """``--merge``: one report from several (results by :func:`case_key`, later files win; each file's ``meta``
+    kept under ``runs``), written as ``benchmark_<what>_merged.json`` / ``.png`` with its tables printed."""
+    reports = [json.loads(Path(path).read_text()) for path in paths]
+    merged = {case_key(r): r for report in reports for r in report["results"]}
+    results = list(merged.values())
+    whats = {r.get("what", "detector") for r in results}
+    if len(whats) != 1:
+        raise SystemExit(f"--merge: the reports time different things ({sorted(whats)}); merge one kind at a time")
+    what = whats.pop()
+    sizes = sorted({tuple(r["size"]) for r in results}, key=lambda hw: hw[0] * hw[1])
+    modes = [mode for mode in MODES if any(r["mode"] == mode for r in results)]
+    title = reports[-1]["meta"]["title"]
+    report = {"meta": {"title": title, "merged_from": [str(p) for p in paths]},
+              "runs": [rep["meta"] for rep in reports], "results": results, "accuracy": None}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"benchmark_{what}_merged"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    plot(results, modes, stem.with_suffix(".png"), title)
+    for mode in modes:
+        print(f"\n{mode}:\n\n" + markdown_table(results, sizes, mode))
+    print(f"\nsaved {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run every case, print the tables, save JSON and PNG."""
+    """Run every case, print the tables, save JSON and PNG (or, with ``--merge``, combine earlier reports)."""
     args = parse_args(argv)
     if args.worker:
         print(json.dumps(run_case(json.loads(args.worker))))
         return {}
+    if args.merge:
+        return merge_reports(args.merge, Path(args.out))
 
     import torch
 
