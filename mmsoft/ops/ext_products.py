@@ -106,10 +106,11 @@ def ext_products(q: Tensor, k: Tensor, v: Tensor, make_operator: OperatorBuilder
     is, else the promotion of ``q`` and ``v``). ``make_operator`` builds ``x -> P x`` from the landmarks.
 
     With gradients needed (eager) one :class:`SoftProductsFunction` node, whose gradient pass takes ``2c`` value
-    channels; else, under ``torch.compile``, and where the kernels do not take ``2c`` channels (CUDA, ``c`` above half
+    channels; else, under ``torch.compile`` or ``torch.jit.trace`` (FLOP counting, export: they see the custom ops,
+    not an opaque Python node), and where the kernels do not take ``2c`` channels (CUDA, ``c`` above half
     :data:`mmsoft.ops.ext_loader.CUDA_MAX_CHANNELS`), the two custom ops."""
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if (needs_grad and not torch.compiler.is_compiling()
+    if (needs_grad and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and ext_loader.ext_unsupported(q.device.type, (), 2 * v.shape[-1]) is None):
         return SoftProductsFunction.apply(q, k, v, make_operator)
     return _two_op_products(q, k, v, make_operator(k))

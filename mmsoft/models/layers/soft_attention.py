@@ -86,8 +86,22 @@ class SOFTAttention(nn.Module):
         out = soft_attention(q, landmarks, v, sym_norm=self.sym_norm, num_iters=self.newton_iters,
                              impl=self.attn_impl, solver=self.landmark_solver, landmark_mask=landmark_mask)
 
-        # One k x k kernel per head, shared by that head's d channels: channels go to the batch dim.
-        v_map = v.permute(0, 3, 1, 2).reshape(b * d, heads, h, w)
-        local = self.v_conv(v_map).view(b, d, heads, n).permute(0, 2, 3, 1)  # (B, heads, N, d)
-        out = (out + local).transpose(1, 2).reshape(b, n, c)
-        return self.proj(out)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj(out + self.local_values(v, hw_shape))
+
+    def local_values(self, v: Tensor, hw_shape: tuple[int, int]) -> Tensor:
+        """The value conv (reference: the ``conv`` of the SOFT attention), ``(B, N, heads * d)`` for values
+        ``v (B, heads, N, d)`` on the grid ``hw_shape``: one ``k x k`` kernel per head, shared by that head's ``d``
+        channels, zero padding.
+
+        Evaluated as one depthwise conv over ``heads * d`` channels in channels-last layout, each head's kernel
+        repeated over its channels. The same values as a grouped conv over ``heads`` channels with the ``d``
+        channels moved to the batch dim, but oneDNN runs the channels-last depthwise form far faster (stage 1 of
+        SOFT-T at 800x1344, k = 9: forward 0.18 -> 0.02 s, backward 0.43-0.73 -> 0.15 s on one CPU thread).
+        """
+        b, heads, n, d = v.shape
+        h, w = hw_shape
+        v_map = v.transpose(1, 2).reshape(b, h, w, heads * d).permute(0, 3, 1, 2)  # channels-last (B, heads*d, H, W)
+        weight = self.v_conv.weight.repeat_interleave(d, 0)                           # (heads*d, 1, k, k)
+        local = F.conv2d(v_map, weight, padding=self.v_conv.padding, groups=heads * d)
+        return local.permute(0, 2, 3, 1).reshape(b, n, heads * d)
