@@ -57,9 +57,10 @@ def _two_op_products(q: Tensor, k: Tensor, v: Tensor, apply_p: Operator) -> Tens
 
 
 class SoftProductsFunction(torch.autograd.Function):
-    """``A . (P . (A^T v))`` as one autograd node (see the module docstring). ``P`` is built inside from a detached
-    copy of ``k`` by ``make_operator``, under autograd, and differentiated with ``torch.autograd.grad`` in backward,
-    so every landmark solver keeps its own backward. Output ``(..., N, c)`` in the input dtype ``T``.
+    """``A . (P . (A^T v))`` as one autograd node (see the module docstring). ``P`` is built inside from ``k``
+    detached (an alias of its storage, a fresh autograd leaf) by ``make_operator``, under autograd, and
+    differentiated with ``torch.autograd.grad`` in backward, so every landmark solver keeps its own backward.
+    Output ``(..., N, c)`` in the input dtype ``T``.
 
     Second derivatives: first-order gradients with ``create_graph=True`` work; differentiating them raises the
     fused kernels' "not implemented" error, as the two-op path does."""
@@ -89,15 +90,19 @@ class SoftProductsFunction(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         wrt = (context_leaf, k_leaf) if k_leaf.requires_grad else (context_leaf,)
         # retain_graph: a caller's retain_graph=True may run this backward again.
-        grads = torch.autograd.grad(w, wrt, dw.view_as(w).to(w.dtype), retain_graph=True, create_graph=create_graph)
-        g3 = grads[0].to(k3.dtype).reshape_as(w3)
-        dq3, dk3, third = custom_ops.kernel_t_matmul_backward(
+        # allow_unused: an operator whose P does not depend on k (plain SOFT with a solver that ignores the kernel)
+        grads = torch.autograd.grad(w, wrt, dw.view_as(w).to(w.dtype), retain_graph=True, create_graph=create_graph,
+                                    allow_unused=True)
+        g = grads[0] if grads[0] is not None else torch.zeros_like(context_leaf)
+        g3 = g.to(k3.dtype).reshape_as(w3)
+        # a_gw = A [g, w]: its first c columns are dv = A g (the other c are A w, the forward output, not needed).
+        dq3, dk3, a_gw = custom_ops.kernel_t_matmul_backward(
             q3, k3, torch.cat([v3, g_out3], -1), torch.cat([g3, w3], -1))
         dq = dq3.reshape(q.shape).to(q.dtype)
         dk = dk3.reshape(k.shape)
-        if len(grads) > 1:
+        if len(grads) > 1 and grads[1] is not None:
             dk = dk + grads[1]
-        dv = third[..., :c].reshape(*lead, n, c).to(v.dtype)
+        dv = a_gw[..., :c].reshape(*lead, n, c).to(v.dtype)
         return dq, dk.to(k.dtype), dv, None
 
 

@@ -110,3 +110,18 @@ def test_two_ops_where_the_kernels_lack_twice_the_channels(monkeypatch):
     assert type(out.grad_fn).__name__ != "SoftProductsFunctionBackward"
     out.sum().backward()
     assert q.grad is not None and k.grad is not None and v.grad is not None
+
+
+def test_operator_independent_of_the_landmarks():
+    """Plain SOFT with a solver that ignores the kernel: P x = x does not depend on k, and training still works
+    (k's gradient is then that of the products alone)."""
+    q, k, v = make_inputs(1, 2, 40, 6, 8, dtype=torch.float64, seed=10)
+    grad = torch.randn(1, 2, 40, 8, dtype=torch.float64)
+
+    def identity_operator(landmarks):
+        return lambda x: x
+
+    _, grads = _grads(ext_products.ext_products, q, k, v, identity_operator, grad)
+    _, ref_grads = _grads(_two_ops, q, k, v, identity_operator, grad)
+    for got, ref in zip(grads, ref_grads):
+        assert rel_err(got, ref) < 1e-12

@@ -14,8 +14,9 @@ three ground-truth boxes plus ``backward``. Inputs: batch 1, an ``H x W`` image 
 mmdet's data preprocessor does (800x1333 runs as 800x1344): ``--input photo`` (default) a photograph (matplotlib's
 sample ``grace_hopper.jpg``, shipped with matplotlib) resized to ``H x W`` and normalised with the ImageNet mean / std
 of the configs, ``--input noise`` standard normal pixels. The input changes the landmark kernels' spectra, hence the
-time of ``newton_lowrank`` (noise makes stage 1's landmarks unlike a photograph's); the other models' costs do not
-depend on it. ``--soft-norm-eval`` keeps the SOFT backbones' BatchNorms in eval mode in ``forward+backward`` (mmdet's
+time of ``newton_lowrank`` (noise makes stage 1's landmarks unlike a photograph's); for the other models' backbones it
+changes nothing, for a detector's forward the post-processing load (how many boxes the head's scores pass to NMS).
+``--soft-norm-eval`` keeps the SOFT backbones' BatchNorms in eval mode in ``forward+backward`` (mmdet's
 ``norm_eval=True``): with the seeded test weights, whose BN running statistics are arbitrary, BN in training mode
 rescales the stem's features and flattens the landmark spectra.
 
@@ -540,8 +541,8 @@ def run_meta(args: argparse.Namespace, device: str, title: str) -> dict[str, Any
 
 
 def case_key(result: dict[str, Any]) -> tuple:
-    """What identifies a case across reports: row label, mode, size and what was timed."""
-    return label(result), result["mode"], tuple(result["size"]), result.get("what")
+    """What identifies a case across reports: row label, mode, size, what was timed and on which input."""
+    return label(result), result["mode"], tuple(result["size"]), result.get("what"), result.get("input", "noise")
 
 
 def merge_reports(paths: list[str], out_dir: Path) -> dict[str, Any]:

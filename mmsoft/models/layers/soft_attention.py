@@ -54,6 +54,8 @@ class SOFTAttention(nn.Module):
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.landmark_conv = nn.Conv2d(self.head_dims, self.head_dims, sr_ratio, stride=sr_ratio, bias=False)
         self.landmark_norm = nn.LayerNorm(self.head_dims)
+        # Holds the value conv's weight (reference name ``conv``); applied by local_values() through F.conv2d with the
+        # weight repeated over each head's channels, not through this module's forward (no bias, stride 1).
         self.v_conv = nn.Conv2d(num_heads, num_heads, conv_size, padding=conv_size // 2, groups=num_heads,
                                 bias=False)
 
