@@ -5,7 +5,7 @@ per matrix and the exact eigendecomposition where the certificate fails.
 Why it works. ``f(lam) = (1 - (1 - alpha lam^2)^(2^K)) / lam = c lam - c^2 lam^3 / 2 + ...`` with ``c = 2^K alpha``:
 it departs from the linear ``c lam`` only for the eigenvalues near or above the threshold ``lam* = 1 / sqrt(c)``, by
 a relative ``(lam / lam*)^2 / 2``. Realistic landmark kernels of trained-like models have few eigenvalues above
-``lam* / 40`` (golden seeded weights, 800x1344: 6-27 of m = 1,050 per head, and as few at m = 256 or 2,048: the count
+``lam* / 40`` (golden seeded weights, 800x1344: 6-29 of m = 1,050 per head, and as few at m = 256 or 2,048: the count
 does not grow with the image), so a subspace of ``s = 64`` dimensions carries the whole nonlinear part and the work
 is ``O(m^2 s)``, not the ``O(m^3)`` of an eigendecomposition or of 20 Newton steps. Kernels with a flat spectrum
 (landmarks spread apart, e.g. a randomly initialised model: hundreds of eigenvalues above ``lam* / 40``) fail the

@@ -7,7 +7,7 @@
   agree for every supported dtype.
 * :func:`exp_floor`: every Gaussian kernel entry is ``exp(max(arg, floor))``, the floor just above the log of the
   accumulation dtype's smallest normal number. Entries that would underflow become ``1.6e-38`` (float32) instead of a
-  subnormal or zero; the CPU's vectorised ``exp`` is 10-30x slower on arguments below that log, and realistic
+  subnormal or zero; the CPU's vectorised ``exp`` is 12-31x slower on arguments below that log, and realistic
   activations put whole tiles of the ``N x m`` kernel there. Its C++ counterpart is ``mmsoft/csrc/exp_floor.h``,
   exported as ``mmsoft._ext.exp_floor`` and checked against this one by ``tests/ops/test_ext_kernels.py``.
 * :func:`autocast_disabled`: that math runs with autocast off, also inside an autocast region (``exp`` of large

@@ -32,7 +32,7 @@ def gaussian_kernel(x: Tensor, y: Tensor) -> Tensor:
     kernel of 10 heads x 1,050^2, forward + backward, 0.30 -> 0.21 s on one CPU thread). The upper clamp removes
     rounding that can make the exponent slightly positive for (near-)equal rows; the floor is
     :func:`mmsoft.ops.precision.exp_floor` (an entry below ``1.6e-38`` in float32 becomes that value: the CPU's
-    ``exp`` is 10-30x slower under it), as in the fused kernels. The expansion loses ``eps (|x|^2 + |y|^2)`` to
+    ``exp`` is 12-31x slower under it), as in the fused kernels. The expansion loses ``eps (|x|^2 + |y|^2)`` to
     cancellation, so both sides are first centred on the mean of ``y``'s rows (:func:`landmark_centre`): the error
     then scales with the rows' spread around the landmarks, not with an offset they share (in fp32 at an offset of
     100: 1e-2 of the attention output before, 1e-7 after).
