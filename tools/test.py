@@ -61,5 +61,7 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    finally:
-        close_distributed()
+    except BaseException:
+        close_distributed(synchronize=False)
+        raise
+    close_distributed()

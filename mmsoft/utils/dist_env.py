@@ -102,11 +102,16 @@ def setup_cpu_distributed(cfg: Config) -> bool:
     return True
 
 
-def close_distributed() -> None:
+def close_distributed(synchronize: bool = True) -> None:
     """Destroy the default process group if one exists (the end of a ``tools/train.py`` / ``tools/test.py`` run).
 
     Without it the gloo process group's threads are still running when the interpreter exits, and a rank can end in
     ``terminate called without an active exception`` (SIGABRT) after its work is done; torch also warns about it.
+    ``synchronize`` (a run that ended normally): wait for every rank first, so that no rank tears its group down while
+    another still talks to it (without the barrier a 2-rank ``tools/dist_test.sh`` still aborted in 1 of 3 runs);
+    pass False after an error, when the other ranks may never arrive.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
+        if synchronize:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
