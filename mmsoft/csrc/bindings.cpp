@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/clamped_exp.h"
 #include "soft_attention.h"
 
 #if defined(__has_include)
@@ -139,6 +140,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
   return ops_for(op, q).matmul_backward(q, k, landmark_centre(k), w, grad_out);
 }
 
+// exp(clamp(x, floor, 0)) of float32 / float64 CPU tensors, by the tiles' own entry function (for tests).
+at::Tensor clamped_exp(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "mmsoft clamped_exp: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "mmsoft clamped_exp: x must be float32 or float64 (the accumulation dtypes), got ", x.scalar_type());
+  auto out = x.contiguous().clone();
+  cpu::clamped_exp_(out);
+  return out;
+}
+
 pybind11::dict build_info() {
   pybind11::dict info;
   std::vector<std::string> backends{"cpu"};
@@ -147,6 +158,7 @@ pybind11::dict build_info() {
   info["cuda_max_channels"] = cuda_impl::max_channels();
 #endif
   info["backends"] = backends;
+  info["cpu_exp"] = std::string(cpu::clamped_exp_path());
   info["torch_version"] = std::string(MMSOFT_BUILD_TORCH_VERSION);
   info["cuda_version"] = std::string(MMSOFT_BUILD_CUDA_VERSION);
   info["cuda_archs"] = std::string(MMSOFT_BUILD_CUDA_ARCHS);
@@ -177,6 +189,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &mmsoft::build_info, "what this build of mmsoft._ext contains");
   m.def("acc_dtype", &mmsoft::acc_type_of, "accumulation dtype of the kernels for inputs of `dtype`",
         pybind11::arg("dtype"));
+  m.def("clamped_exp", &mmsoft::clamped_exp,
+        "exp(clamp(x, exp_floor, 0)): the CPU kernels' entry function (float32: their vector loop, see build_info()['cpu_exp'])",
+        pybind11::arg("x"));
   m.def("exp_floor", &mmsoft::exp_floor_of, "floor of the kernels' exponent arguments for inputs of `dtype`",
         pybind11::arg("dtype"));
 }

@@ -40,6 +40,48 @@ def test_exponent_floor_is_one_rule_in_python_and_cpp(dtype):
     assert math.exp(floor) >= tiny > math.exp(floor - 1)
 
 
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
+def test_cpu_entry_exp_is_within_one_ulp_of_the_exact_value():
+    """The CPU tiles' own exp(clamp(x, floor, 0)) (a vector loop, not ATen's exp): within 1.05 ulp of the float64
+    value over the whole clamped range and beyond it (vector body and scalar tail: an odd length), NaN stays NaN,
+    +inf gives exp(0) = 1 and -inf the floor, as ATen's clamp_ + exp_ do."""
+    ext = ext_loader.get_ext()
+    x = torch.cat([torch.linspace(-95.0, 3.0, 2_000_003), torch.tensor([math.nan, math.inf, -math.inf, -0.0])])
+    y = ext.clamped_exp(x)
+    exact = torch.exp(x.double().clamp(exp_floor(torch.float32), 0.0))
+    ulp = (torch.nextafter(exact.float(), torch.tensor(math.inf)).double() - exact.float().double())
+    finite = torch.isfinite(x)
+    assert ((y.double() - exact).abs() / ulp)[finite].max() <= 1.05
+    assert torch.isnan(y[-4]) and y[-3] == 1.0 and y[-1] == 1.0
+    assert y[-2] == torch.tensor(math.exp(exp_floor(torch.float32)), dtype=torch.float32)
+    x64 = torch.linspace(-800.0, 1.0, 10_001, dtype=torch.float64)
+    assert torch.equal(ext.clamped_exp(x64), torch.exp(x64.clamp(exp_floor(torch.float64), 0.0)))
+
+
+@pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
+def test_cpu_entry_exp_uses_the_widest_vector_loop_the_cpu_has():
+    """build_info()['cpu_exp'] follows the CPU's flags (/proc/cpuinfo): AVX-512F, else AVX2 + FMA, else ATen."""
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags on this machine")
+    expected = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "aten"
+    assert ext_loader.get_ext().build_info()["cpu_exp"] == expected
+
+
+@pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
+def test_cpu_entry_exp_rejects_what_it_does_not_take():
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ext_loader.get_ext().clamped_exp(torch.zeros(3, dtype=torch.float16))
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_far_apart_entries_sit_at_the_floor_in_both_backends(device, dtype):
     """Queries 80 apart from every landmark (exp(-3200) underflows in float64 too): each kernel entry is exp(floor),

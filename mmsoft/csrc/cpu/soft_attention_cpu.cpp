@@ -3,7 +3,7 @@
 // Strategy: N is cut into row blocks; for each block the (rows x m) tile of A is built in an acc-dtype
 // scratch buffer with one GEMM of augmented operands (q and k centred: q - centre, k - centre, see soft_attention.h),
 //     [q, -|q|^2/2, 1] . [k, 1, -|k|^2/2]^T = -|q - k|^2 / 2,
-// followed by clamp + exp (ATen's vectorised kernels), and immediately consumed by the next GEMM(s). A is never
+// followed by clamp + exp (one vectorised pass, clamped_exp.h), and immediately consumed by the next GEMM(s). A is never
 // stored whole: extra memory is O(B N (d + 2)) for the augmented queries (built once per call, in acc(T), like q
 // itself), O(threads * rows * m) scratch and O(B * chunks * m * (d + c)) partial sums. Work is split into (batch,
 // chunk of row blocks) tasks, scheduled dynamically over the threads. Reductions over N (A^T v, dk, dw) go to one
@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "../soft_attention.h"
+#include "clamped_exp.h"
 
 namespace mmsoft {
 namespace cpu {
@@ -104,8 +105,8 @@ at::Tensor augment_queries(const at::Tensor& q, const at::Tensor& centre, const 
 void gaussian_tile(const at::Tensor& qaug_rows, const at::Tensor& kaug_b, at::Tensor& a) {
   at::mm_out(a, qaug_rows, kaug_b.t());
   // The upper clamp removes rounding noise that could make -|q - k|^2 / 2 slightly positive (as the reference does);
-  // the lower one keeps exp off its slow path (exp_floor.h).
-  a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
+  // the lower one keeps exp off its slow path (exp_floor.h). One vectorised pass (clamped_exp.h).
+  clamped_exp_(a);
 }
 
 // out_rows = a . rhs, where out_rows may be of a narrower dtype T than acc(T): the product then goes through the
