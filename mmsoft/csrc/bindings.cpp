@@ -140,13 +140,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::
   return ops_for(op, q).matmul_backward(q, k, landmark_centre(k), w, grad_out);
 }
 
-// exp(clamp(x, floor, 0)) of float32 / float64 CPU tensors, by the tiles' own entry function (for tests).
-at::Tensor clamped_exp(const at::Tensor& x) {
+// exp(clamp(x, floor, 0)) of float32 / float64 CPU tensors, by the tiles' own entry function (for tests); loop:
+// 'auto' (what the tiles run) or one named loop this CPU can run.
+at::Tensor clamped_exp(const at::Tensor& x, const std::string& loop) {
   TORCH_CHECK(x.device().is_cpu(), "mmsoft clamped_exp: x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "mmsoft clamped_exp: x must be float32 or float64 (the accumulation dtypes), got ", x.scalar_type());
   auto out = x.contiguous().clone();
-  cpu::clamped_exp_(out);
+  if (loop == "auto") {
+    cpu::clamped_exp_(out);
+  } else {
+    cpu::clamped_exp_by_(out, loop);
+  }
   return out;
 }
 
@@ -191,7 +196,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("dtype"));
   m.def("clamped_exp", &mmsoft::clamped_exp,
         "exp(clamp(x, exp_floor, 0)): the CPU kernels' entry function (float32: their vector loop, see build_info()['cpu_exp'])",
-        pybind11::arg("x"));
+        pybind11::arg("x"), pybind11::arg("loop") = "auto");
   m.def("exp_floor", &mmsoft::exp_floor_of, "floor of the kernels' exponent arguments for inputs of `dtype`",
         pybind11::arg("dtype"));
 }

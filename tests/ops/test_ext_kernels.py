@@ -49,14 +49,23 @@ def _cpu_flags() -> set[str]:
         return set()
 
 
+EXP_LOOPS = ["avx512", "avx2", "aten"]  # widest first, as clamped_exp.cpp chooses
+
+
 @pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
-def test_cpu_entry_exp_is_within_one_ulp_of_the_exact_value():
-    """The CPU tiles' own exp(clamp(x, floor, 0)) (a vector loop, not ATen's exp): within 1.05 ulp of the float64
-    value over the whole clamped range and beyond it (vector body and scalar tail: an odd length), NaN stays NaN,
-    +inf gives exp(0) = 1 and -inf the floor, as ATen's clamp_ + exp_ do."""
+@pytest.mark.parametrize("loop", ["auto", *EXP_LOOPS])
+def test_cpu_entry_exp_is_within_one_ulp_of_the_exact_value(loop):
+    """The CPU tiles' own exp(clamp(x, floor, 0)) (vector loops, not ATen's exp), each loop this CPU can run: within
+    1.05 ulp of the float64 value over the whole clamped range and beyond it (vector body and scalar tail: an odd
+    length), NaN stays NaN, +inf gives exp(0) = 1 and -inf the floor, as ATen's clamp_ + exp_ do."""
     ext = ext_loader.get_ext()
+    detected = ext.build_info()["cpu_exp"]
+    if loop != "auto" and EXP_LOOPS.index(loop) < EXP_LOOPS.index(detected):
+        with pytest.raises(RuntimeError, match="this CPU cannot run"):
+            ext.clamped_exp(torch.zeros(4), loop)
+        return
     x = torch.cat([torch.linspace(-95.0, 3.0, 2_000_003), torch.tensor([math.nan, math.inf, -math.inf, -0.0])])
-    y = ext.clamped_exp(x)
+    y = ext.clamped_exp(x, loop)
     exact = torch.exp(x.double().clamp(exp_floor(torch.float32), 0.0))
     ulp = (torch.nextafter(exact.float(), torch.tensor(math.inf)).double() - exact.float().double())
     finite = torch.isfinite(x)
@@ -64,7 +73,7 @@ def test_cpu_entry_exp_is_within_one_ulp_of_the_exact_value():
     assert torch.isnan(y[-4]) and y[-3] == 1.0 and y[-1] == 1.0
     assert y[-2] == torch.tensor(math.exp(exp_floor(torch.float32)), dtype=torch.float32)
     x64 = torch.linspace(-800.0, 1.0, 10_001, dtype=torch.float64)
-    assert torch.equal(ext.clamped_exp(x64), torch.exp(x64.clamp(exp_floor(torch.float64), 0.0)))
+    assert torch.equal(ext.clamped_exp(x64, loop), torch.exp(x64.clamp(exp_floor(torch.float64), 0.0)))
 
 
 @pytest.mark.skipif(not ext_loader.ext_available("cpu"), reason="mmsoft._ext is not built")
@@ -81,6 +90,8 @@ def test_cpu_entry_exp_uses_the_widest_vector_loop_the_cpu_has():
 def test_cpu_entry_exp_rejects_what_it_does_not_take():
     with pytest.raises(RuntimeError, match="float32 or float64"):
         ext_loader.get_ext().clamped_exp(torch.zeros(3, dtype=torch.float16))
+    with pytest.raises(RuntimeError, match="loop must be"):
+        ext_loader.get_ext().clamped_exp(torch.zeros(3), "sse")
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_far_apart_entries_sit_at_the_floor_in_both_backends(device, dtype):

@@ -115,27 +115,26 @@ Path path() {
   return chosen;
 }
 
-}  // namespace
-
-void clamped_exp_(at::Tensor& a) {
-  const float floor = static_cast<float>(exp_floor_of(a.scalar_type()));
+// Runs `loop` on a; false when the loop does not take a (not float32 contiguous, or no vector loops in this build).
+bool run_loop(at::Tensor& a, Path loop) {
 #ifdef MMSOFT_X86_VECTOR_EXP
-  if (a.scalar_type() == at::kFloat && a.is_contiguous() && path() != Path::kAten) {
-    float* data = a.data_ptr<float>();
-    if (path() == Path::kAvx512) {
-      clamped_exp_avx512(data, a.numel(), floor);
+  if (a.scalar_type() == at::kFloat && a.is_contiguous() && loop != Path::kAten) {
+    const float floor = static_cast<float>(exp_floor_of(a.scalar_type()));
+    if (loop == Path::kAvx512) {
+      clamped_exp_avx512(a.data_ptr<float>(), a.numel(), floor);
     } else {
-      clamped_exp_avx2(data, a.numel(), floor);
+      clamped_exp_avx2(a.data_ptr<float>(), a.numel(), floor);
     }
-    return;
+    return true;
   }
 #endif
-  a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
-  (void)floor;
+  (void)a;
+  (void)loop;
+  return false;
 }
 
-const char* clamped_exp_path() {
-  switch (path()) {
+const char* path_name(Path loop) {
+  switch (loop) {
     case Path::kAvx512:
       return "avx512";
     case Path::kAvx2:
@@ -143,6 +142,26 @@ const char* clamped_exp_path() {
     default:
       return "aten";
   }
+}
+
+}  // namespace
+
+void clamped_exp_(at::Tensor& a) {
+  if (!run_loop(a, path())) a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
+}
+
+const char* clamped_exp_path() { return path_name(path()); }
+
+void clamped_exp_by_(at::Tensor& a, const std::string& loop) {
+  for (Path candidate : {Path::kAvx512, Path::kAvx2, Path::kAten}) {
+    if (loop != path_name(candidate)) continue;
+    // A wider loop than detected is refused; a narrower one runs (AVX-512F CPUs have AVX2 and FMA).
+    TORCH_CHECK(static_cast<int>(candidate) >= static_cast<int>(path()), "mmsoft clamped_exp: this CPU cannot run the ",
+                loop, " loop (it runs ", path_name(path()), ")");
+    if (!run_loop(a, candidate)) a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
+    return;
+  }
+  TORCH_CHECK(false, "mmsoft clamped_exp: loop must be 'auto', 'avx512', 'avx2' or 'aten', got '", loop, "'");
 }
 
 }  // namespace cpu

@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 namespace mmsoft {
 namespace cpu {
 
@@ -18,6 +20,10 @@ void clamped_exp_(at::Tensor& a);
 
 // Which loop clamped_exp_ runs for float32 on this CPU: "avx512", "avx2" or "aten" (reported in build_info()).
 const char* clamped_exp_path();
+
+// clamped_exp_ by the named loop ("avx512", "avx2" or "aten"), for tests of each loop on one machine; raises if the
+// name is unknown or this CPU cannot run that loop.
+void clamped_exp_by_(at::Tensor& a, const std::string& loop);
 
 }  // namespace cpu
 }  // namespace mmsoft
