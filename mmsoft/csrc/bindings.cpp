@@ -126,10 +126,18 @@ at::Tensor kernel_matmul_forward(const at::Tensor& q, const at::Tensor& k, const
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at::Tensor& q, const at::Tensor& k,
                                                                         const at::Tensor& v,
-                                                                        const at::Tensor& grad_out) {
+                                                                        const at::Tensor& grad_out,
+                                                                        int64_t dv_cols) {
   constexpr const char* op = "mmsoft kernel_t_matmul_backward";
   check_inputs(op, q, k, v, "v", /*x_rows_n=*/true, &grad_out, "grad_out", /*grad_rows_n=*/false);
-  return ops_for(op, q).t_matmul_backward(q, k, landmark_centre(k), v, grad_out);
+  const int64_t c = v.size(2);
+  TORCH_CHECK(dv_cols == -1 || (dv_cols >= 1 && dv_cols <= c), op, ": dv_cols must be -1 (all) or in [1, c = ", c,
+              "], got ", dv_cols);
+  if (dv_cols == -1 || dv_cols == c) return ops_for(op, q).t_matmul_backward(q, k, landmark_centre(k), v, grad_out);
+  if (q.is_cpu()) return cpu::kernel_t_matmul_backward_cols(q, k, landmark_centre(k), v, grad_out, dv_cols);
+  // The CUDA kernels compute every column of dv; the others are dropped here.
+  auto grads = ops_for(op, q).t_matmul_backward(q, k, landmark_centre(k), v, grad_out);
+  return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads).narrow(2, 0, dv_cols).contiguous()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
@@ -187,8 +195,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"));
   m.def("kernel_matmul_forward", &mmsoft::kernel_matmul_forward, "A w with A = exp(-|q-k|^2/2)",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("w"));
-  m.def("kernel_t_matmul_backward", &mmsoft::kernel_t_matmul_backward, "(dq, dk, dv) of A^T v",
-        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("grad_out"));
+  m.def("kernel_t_matmul_backward", &mmsoft::kernel_t_matmul_backward,
+        "(dq, dk, dv) of A^T v; dv_cols > 0: only dv[..., :dv_cols] (= A grad_out[..., :dv_cols])",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("grad_out"),
+        pybind11::arg("dv_cols") = -1);
   m.def("kernel_matmul_backward", &mmsoft::kernel_matmul_backward, "(dq, dk, dw) of A w", pybind11::arg("q"),
         pybind11::arg("k"), pybind11::arg("w"), pybind11::arg("grad_out"));
   m.def("build_info", &mmsoft::build_info, "what this build of mmsoft._ext contains");

@@ -47,6 +47,13 @@ struct KernelOps {
 
 namespace cpu {
 extern const KernelOps kOps;
+// t_matmul_backward computing only dv[..., :dv_cols] = A grad_out[..., :dv_cols] (0 < dv_cols <= c): the one-node
+// products backward (mmsoft/ops/ext_products.py) needs A g of A [g, w] and skips the GEMM of the other columns.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward_cols(const at::Tensor& q, const at::Tensor& k,
+                                                                             const at::Tensor& centre,
+                                                                             const at::Tensor& v,
+                                                                             const at::Tensor& grad_out,
+                                                                             int64_t dv_cols);
 }  // namespace cpu
 
 #ifdef MMSOFT_WITH_CUDA

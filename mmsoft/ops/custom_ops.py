@@ -36,9 +36,11 @@ def kernel_matmul(q: Tensor, k: Tensor, w: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("mmsoft::kernel_t_matmul_backward", mutates_args=())
-def kernel_t_matmul_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)`` of ``A^T v`` for the output gradient ``grad (B, m, c)``."""
-    return tuple(get_ext(q.device.type).kernel_t_matmul_backward(_c(q), _c(k), _c(v), _c(grad)))
+def kernel_t_matmul_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor,
+                             dv_cols: int = -1) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of ``A^T v`` for the output gradient ``grad (B, m, c)``; ``dv_cols`` in ``[1, c]``: only
+    ``dv[..., :dv_cols]`` (``(B, N, dv_cols)``, the CPU kernels skip the other columns' GEMM), ``-1``: all."""
+    return tuple(get_ext(q.device.type).kernel_t_matmul_backward(_c(q), _c(k), _c(v), _c(grad), dv_cols))
 
 
 @torch.library.custom_op("mmsoft::kernel_matmul_backward", mutates_args=())
@@ -59,8 +61,9 @@ def _(q: Tensor, k: Tensor, w: Tensor) -> Tensor:
 
 # Gradients come back contiguous, in the dtype of the operand they belong to.
 @kernel_t_matmul_backward.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+def _(q: Tensor, k: Tensor, v: Tensor, grad: Tensor, dv_cols: int = -1) -> tuple[Tensor, Tensor, Tensor]:
+    dv_shape = v.shape if dv_cols == -1 else (*v.shape[:-1], dv_cols)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(dv_shape)
 
 
 @kernel_matmul_backward.register_fake

@@ -10,11 +10,13 @@ evaluates the whole product as one autograd node instead, so that backward needs
    gradient through ``P`` by autograd on ``P`` alone (``m``-sized work);
 2. one pass for everything else: both gradient terms share ``A``, so
    ``G = A o (v g^T + g_out w^T) = A o ([v, g_out] [g, w]^T)`` gives ``dq`` and ``dk`` with one pair of GEMMs, and
-   its third product ``A [g, w]`` holds ``dv = A g`` in its first ``c`` columns (the other ``c``, ``A w``, are not
-   needed: the kernel has no narrower form).
+   its third product is ``dv = A g``, the first ``c`` columns of ``A [g, w]`` (``dv_cols``: the CPU kernels skip
+   the GEMM of the other ``c``, ``A w``, the forward output; the CUDA kernels compute and drop them).
 
-The same gradients (sums in another order) from nine ``c``-wide GEMM equivalents and one elementwise product (SOFT-T
-backbone forward + backward at 800x1344 without the solve, one CPU thread: 10.71 -> 10.20 s). The plain two-op path
+The same gradients (sums in another order) from eight ``c``-wide GEMM equivalents on the CPU (nine on CUDA) and one
+elementwise product. Measured on one CPU thread: SOFT-T backbone forward + backward at 800x1344 without the solve
+10.71 -> 10.20 s (Intel, with the dropped columns still computed); ``dv_cols`` then takes a stage-1 gradient pass
+(2 heads, N = 67,200, m = 1,050) from 0.75 to 0.65 s (AMD EPYC). The plain two-op path
 (each op with its own backward, :mod:`mmsoft.ops.custom_ops`) remains for inference, under ``torch.compile`` (its
 tracer cannot run autograd inside a Function's backward) and ``torch.jit.trace``, and where the kernels do not take
 ``2c`` channels (see :func:`ext_products`).
@@ -98,14 +100,14 @@ class SoftProductsFunction(torch.autograd.Function):
                                     allow_unused=True)
         g = grads[0] if grads[0] is not None else torch.zeros_like(context_leaf)
         g3 = g.to(k3.dtype).reshape_as(w3)
-        # a_gw = A [g, w]: its first c columns are dv = A g (the other c are A w, the forward output, not needed).
-        dq3, dk3, a_gw = custom_ops.kernel_t_matmul_backward(
-            q3, k3, torch.cat([v3, g_out3], -1), torch.cat([g3, w3], -1))
+        # dv = A g: the first c columns of the third product A [g, w] (A w, the forward output, is not computed).
+        dq3, dk3, dv3 = custom_ops.kernel_t_matmul_backward(
+            q3, k3, torch.cat([v3, g_out3], -1), torch.cat([g3, w3], -1), c)
         dq = dq3.reshape(q.shape).to(q.dtype)
         dk = dk3.reshape(k.shape)
         if len(grads) > 1 and grads[1] is not None:
             dk = dk + grads[1]
-        dv = a_gw[..., :c].reshape(*lead, n, c).to(v.dtype)
+        dv = dv3.reshape(*lead, n, c).to(v.dtype)
         return dq, dk.to(k.dtype), dv, None
 
 

@@ -204,7 +204,7 @@ class NewtonEighApply(torch.autograd.Function):
             p_grad = NewtonEighApply.apply(mat, grad, ctx.num_iters)
         else:
             p_grad = _apply_factors(eigvecs, filt, grad).to(grad.dtype)  # P is symmetric: P^T g = P g
-        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
+        return reference.pinv_apply_backward(p_grad, out), p_grad, None
 
 
 # ----------------------------------------------------------------------------------------------- 'newton_thin'
@@ -246,7 +246,7 @@ class NewtonThinApply(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         mat, out = ctx.saved_tensors
         p_grad = NewtonThinApply.apply(mat, grad.contiguous(), ctx.num_iters)  # P is symmetric: P^T g = P g
-        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
+        return reference.pinv_apply_backward(p_grad, out), p_grad, None
 
 
 # ----------------------------------------------------------------------------------------------- 'cholesky'

@@ -119,21 +119,33 @@ class LowrankFactors(NamedTuple):
     exact: Tensor            #: (...) bool: the matrix failed the certificate and is evaluated by ``eigvecs``, ``filt``
     eigvecs: Tensor | None   #: (..., m, m) its eigenvectors U (0 for the others); None when no matrix failed
     filt: Tensor | None      #: (..., m) f of its eigenvalues, NaN for a non-finite matrix (0 for the others)
+    #: (..., m, c) ``Ah Pi x`` (float64) for the ``x`` the factors were built with (computed in the same GEMM as
+    #: ``Ah Q``: one pass over ``Ah`` instead of two); None without one
+    tail_rhs: Tensor | None = None
 
 
 def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
                     power_iters: int = LOWRANK_POWER_ITERS, iterate: tuple[Tensor, Tensor] | None = None,
-                    mat_norm_sq: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(Q, f(T), W, R, err)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the ``num_iters``-step
-    Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64) with start
-    ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of ``P`` (see
-    the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s result and
-    ``mat_norm_sq``: ``|mat64|_F^2 (...)``, when already computed (each is a pass over the ``m x m`` matrices)."""
+                    mat_norm_sq: Tensor | None = None,
+                    rhs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """``(Q, f(T), W, R, err, tail_rhs)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the
+    ``num_iters``-step Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64)
+    with start ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of
+    ``P`` (see the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s
+    result and ``mat_norm_sq``: ``|mat64|_F^2 (...)``, when already computed (each is a pass over the ``m x m``
+    matrices). ``rhs (..., m, c)``: also ``tail_rhs = mat64 Pi rhs``, from the GEMM that forms ``mat64 Q`` (else
+    None)."""
     if power_iters < 1:
         raise ValueError(f"power_iters must be >= 1, got {power_iters}")
     _, y = iterate if iterate is not None else subspace_iteration(mat, rank, power_iters)
     q = _orthonormal(mat64 @ _orthonormal(y.to(torch.float64)))  # the float64 step
-    aq = mat64 @ q
+    tail_rhs = None
+    if rhs is None:
+        aq = mat64 @ q
+    else:
+        rhs = rhs.to(torch.float64)
+        both = mat64 @ torch.cat([q, rhs - q @ (q.transpose(-1, -2) @ rhs)], -1)
+        aq, tail_rhs = both[..., :q.shape[-1]], both[..., q.shape[-1]:]
     t = q.transpose(-1, -2) @ aq
     t = (t + t.transpose(-1, -2)) / 2
     w = newton_series(t, alpha, num_iters)
@@ -152,7 +164,7 @@ def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, r
     eye = torch.eye(t.shape[-1], dtype=t.dtype, device=t.device)
     coupling = norm(r @ (w - math.ldexp(1.0, num_iters) * alpha * eye)) * lam_star  # |R (f[T, 0] - c)| / sqrt(c)
     err = (tail.pow(3) / 2 + 2 * (coupling + resid * tail.square()) + coupling * resid) / _F_PEAK
-    return q, ft, w, r, err
+    return q, ft, w, r, err, tail_rhs
 
 
 def eigh_factors(mat64: Tensor, alpha: Tensor, num_iters: int) -> tuple[Tensor, Tensor]:
@@ -167,13 +179,14 @@ def eigh_factors(mat64: Tensor, alpha: Tensor, num_iters: int) -> tuple[Tensor, 
 
 
 def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
-                           power_iters: int = LOWRANK_POWER_ITERS,
-                           tolerance: float = LOWRANK_TOLERANCE) -> LowrankFactors:
+                           power_iters: int = LOWRANK_POWER_ITERS, tolerance: float = LOWRANK_TOLERANCE,
+                           rhs: Tensor | None = None) -> LowrankFactors:
     """The factors of ``newton_pinv(mat, num_iters)`` for symmetric non-negative ``mat (..., m, m)`` (``mat64``: the
     same in float64): low-rank where certified, the eigendecomposition for the others (among them every non-finite
     matrix, whose ``P`` is NaN). ``alpha`` is the published start of the whole ``mat``
     (:func:`mmsoft.ops.reference.newton_alpha`). Eagerly one host read of the certificate; none under
-    ``torch.compile`` (``torch.cond``)."""
+    ``torch.compile`` (``torch.cond``). ``rhs (..., m, c)``: the factors also carry ``Ah Pi rhs`` (``tail_rhs``), so
+    that :func:`apply_lowrank_factors` on that ``rhs`` makes no further pass over ``Ah``."""
     with torch.profiler.record_function(reference.LANDMARK_SOLVE_RANGE):
         alpha = reference.newton_alpha(mat64)
         c = math.ldexp(1.0, num_iters) * alpha
@@ -187,7 +200,8 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
                 eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
                 every = torch.ones_like(early, dtype=torch.bool)
                 return LowrankFactors(None, None, None, None, c, every, eigvecs, filt)
-        q, ft, w, r, err = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate, mat_norm_sq)
+        q, ft, w, r, err, tail_rhs = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate,
+                                                     mat_norm_sq, rhs)
         exact = ~(err <= tolerance)  # NaN estimates (non-finite input) fail too
         eigvecs = filt = None
         if torch.compiler.is_compiling():
@@ -205,18 +219,19 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
             eigvecs, filt = torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
             alpha_exact = alpha.expand(exact.shape + (1, 1))[exact]
             eigvecs[exact], filt[exact] = eigh_factors(mat64[exact], alpha_exact, num_iters)
-        return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt)
+        return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt, tail_rhs)
 
 
 def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> Tensor:
-    """``P x`` (float64) for ``x (..., m, c)`` from :func:`newton_lowrank_factors` of ``mat64``."""
+    """``P x`` (float64) for ``x (..., m, c)`` from :func:`newton_lowrank_factors` of ``mat64`` (built with
+    ``rhs=x`` when ``factors.tail_rhs`` is set: it then stands for ``Ah Pi x``)."""
     x = x.to(torch.float64)
     if factors.q is None:  # every matrix took the eigendecomposition
         vecs = factors.eigvecs.to(torch.float64)
         return vecs @ (factors.filt.to(torch.float64).unsqueeze(-1) * (vecs.transpose(-1, -2) @ x))
     q, r = factors.q, factors.r
     qx, rx = q.transpose(-1, -2) @ x, r.transpose(-1, -2) @ x
-    tail = mat64 @ (x - q @ qx)
+    tail = mat64 @ (x - q @ qx) if factors.tail_rhs is None else factors.tail_rhs
     tail = tail - q @ (q.transpose(-1, -2) @ tail)
     out = q @ (factors.ft @ qx + factors.w @ rx) + r @ (factors.w @ qx) + factors.c * tail
     if factors.eigvecs is not None:
@@ -240,12 +255,13 @@ class NewtonLowrankApply(torch.autograd.Function):
     def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
         mat64 = mat.to(torch.float64)
         # the module's settings at call time (tests and experiments change them)
-        factors = newton_lowrank_factors(mat, mat64, num_iters, LOWRANK_RANK, LOWRANK_POWER_ITERS, LOWRANK_TOLERANCE)
+        factors = newton_lowrank_factors(mat, mat64, num_iters, LOWRANK_RANK, LOWRANK_POWER_ITERS, LOWRANK_TOLERANCE,
+                                         rhs=x)
         out = apply_lowrank_factors(mat64, factors, x).to(x.dtype)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             ctx.has_eigh = factors.eigvecs is not None
             eigh = (factors.eigvecs.to(x.dtype), factors.filt) if ctx.has_eigh else ()
-            ctx.save_for_backward(mat, out, *factors[:-2], *eigh)
+            ctx.save_for_backward(mat, out, *factors[:6], *eigh)  # q, ft, w, r, c, exact
         ctx.num_iters = num_iters
         return out
 
@@ -257,7 +273,7 @@ class NewtonLowrankApply(torch.autograd.Function):
         else:  # P is symmetric: P^T g = P g
             factors = LowrankFactors(*saved) if ctx.has_eigh else LowrankFactors(*saved, None, None)
             p_grad = apply_lowrank_factors(mat.to(torch.float64), factors, grad).to(grad.dtype)
-        return -(p_grad @ out.transpose(-1, -2)), p_grad, None
+        return reference.pinv_apply_backward(p_grad, out), p_grad, None
 
 
 def newton_lowrank_apply(mat: Tensor, x: Tensor, num_iters: int) -> Tensor:

@@ -132,3 +132,11 @@ def pinv_backward(inv: Tensor, grad: Tensor) -> Tensor:
     """Closed-form gradient of ``inv = mat^-1``: ``d mat = -inv^T grad inv^T``."""
     inv_t = inv.transpose(-1, -2)
     return -(inv_t @ grad @ inv_t)
+
+
+def pinv_apply_backward(p_grad: Tensor, out: Tensor) -> Tensor:
+    """The gradient of ``mat`` for ``out = P x`` with ``P`` the symmetric pseudo-inverse of ``mat`` (the closed form
+    of :func:`pinv_backward` through the product): ``-(P g) (P x)^T = -p_grad out^T``, ``(..., m, m)`` from
+    ``p_grad = P g`` and ``out`` ``(..., m, c)``. The thin factor is negated, not the ``m x m`` result (one pass
+    fewer over it)."""
+    return torch.neg(p_grad) @ out.transpose(-1, -2)

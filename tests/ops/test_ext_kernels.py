@@ -307,3 +307,25 @@ def test_cuda_rejects_float64_and_wide_heads():
     q, k, v, _ = make_operands(1, 8, 2, 130, 4, torch.float32, "cuda")
     with pytest.raises(RuntimeError, match="up to 128"):
         ext.kernel_t_matmul_forward(q, k, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_dv_cols_computes_the_leading_columns_of_dv_only(device, dtype):
+    """kernel_t_matmul_backward(..., dv_cols): dq and dk unchanged, dv = the first dv_cols columns of the full dv
+    (the one-node products backward asks for A g of A [g, w]); the fake implementation gives the same shapes; a
+    dv_cols outside [1, c] (other than -1, all) raises and says what it takes."""
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("the CUDA kernels do not take float64")
+    q, k, v, grad = make_operands(2, 300, 33, 16, 6, dtype, device)
+    full = custom_ops.kernel_t_matmul_backward(q, k, v, grad)
+    part = custom_ops.kernel_t_matmul_backward(q, k, v, grad, 4)
+    assert part[2].shape == (2, 300, 4) and part[2].is_contiguous()
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for got, want in zip(part, (full[0], full[1], full[2][..., :4])):
+        assert rel_err(got.double(), want.double()) < tol
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = custom_ops.kernel_t_matmul_backward(*(mode.from_tensor(t) for t in (q, k, v, grad)), 4)
+    assert [tuple(t.shape) for t in fake] == [tuple(t.shape) for t in part]
+    for bad in (0, 7, -2):
+        with pytest.raises(RuntimeError, match=r"dv_cols must be -1 \(all\) or in \[1, c = 6\]"):
+            custom_ops.kernel_t_matmul_backward(q, k, v, grad, bad)

@@ -89,7 +89,7 @@ def test_certificate_bounds_the_error(scale, rank):
     k = landmarks(1, 96, scale, seed=2, d=8)
     mat = gaussian_kernel(k, k)
     alpha = newton_alpha(mat)
-    *parts, err = nl.lowrank_factors(mat, mat, alpha, 20, rank=rank)
+    *parts, err, _ = nl.lowrank_factors(mat, mat, alpha, 20, rank=rank)
     factors = nl.LowrankFactors(*parts, 2.0 ** 20 * alpha, torch.zeros(1, 1, dtype=torch.bool), None, None)
     low = nl.apply_lowrank_factors(mat, factors, torch.eye(96, dtype=torch.float64).expand_as(mat))
     vecs, filt = newton_eigh_factors(mat, 20)
@@ -228,3 +228,16 @@ def test_flops_are_counted():
         counted = count_flops(model, (images,), exact_newton=exact_newton).by_operator()
         assert "newton_pinv" not in counted and counted["newton_lowrank"] == 40 * per_head
     assert newton_lowrank_flops(1050, 32, 20, 64, 2) < newton_lowrank_flops(1050, 32, 20, 1050, 2) / 10
+
+
+def test_tail_from_the_factor_gemm_equals_a_separate_pass():
+    """``rhs``: ``Ah Pi x`` comes out of the GEMM that forms ``Ah Q`` (one pass over ``Ah``); P x is then the same as
+    from factors built without it (float64: to rounding)."""
+    k = landmarks(2, 120, 0.15, seed=3)
+    mat = gaussian_kernel(k, k)
+    x = rhs(k)
+    with_rhs = nl.newton_lowrank_factors(mat, mat, 20, rank=24, rhs=x)
+    without = nl.newton_lowrank_factors(mat, mat, 20, rank=24)
+    assert with_rhs.tail_rhs is not None and without.tail_rhs is None and not with_rhs.exact.any()
+    got, want = nl.apply_lowrank_factors(mat, with_rhs, x), nl.apply_lowrank_factors(mat, without, x)
+    assert torch.allclose(got, want, rtol=0, atol=1e-13 * want.abs().max().item())

@@ -193,19 +193,19 @@ namespace {
 
 // Shared backward. With G = A o (x y^T) (x: N-sized rows, y: landmark-sized rows):
 //   dq = G k - rowsum(G) o q,   dk = G^T q - colsum(G) o k,
-// and the third gradient is A y (N-sized, kTransposed: out = A^T v, x = v, y = grad_out)
-// or A^T x (landmark-sized, !kTransposed: out = A w, x = grad_out, y = w).
+// and the third gradient is A y (N-sized, kTransposed: out = A^T v, x = v, y = grad_out; only its first `third_cols`
+// columns, A y[:, :third_cols]) or A^T x (landmark-sized, !kTransposed: out = A w, x = grad_out, y = w).
 template <bool kTransposed>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q, const at::Tensor& k,
                                                              const at::Tensor& centre, const at::Tensor& x,
-                                                             const at::Tensor& y) {
+                                                             const at::Tensor& y, int64_t third_cols) {
   at::NoGradGuard no_grad;
   const int64_t batch = q.size(0), n = q.size(1), d = q.size(2), m = k.size(1), c = x.size(2);
   const auto acc_opts = q.options().dtype(acc_type_of(q.scalar_type()));
   const bool convert = q.scalar_type() != acc_opts.dtype().toScalarType();
   auto dq = at::empty_like(q);
   if (batch == 0 || n == 0) {
-    auto third = kTransposed ? at::empty({batch, n, c}, q.options()) : at::zeros({batch, m, c}, acc_opts);
+    auto third = kTransposed ? at::empty({batch, n, third_cols}, q.options()) : at::zeros({batch, m, c}, acc_opts);
     return {dq, at::zeros_like(k), third};
   }
   const Plan plan(batch, n, m);
@@ -216,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
   auto part_k = at::zeros({batch, plan.chunks, m, d + 2}, acc_opts);
   at::Tensor part_x, dx;
   if (kTransposed) {
-    dx = at::empty({batch, n, c}, q.options());
+    dx = at::empty({batch, n, third_cols}, q.options());
   } else {
     part_x = at::zeros({batch, plan.chunks, m, c}, acc_opts);
   }
@@ -230,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
         return Scratch{at::empty({plan.rows, m}, acc_opts),
                        at::empty({plan.rows, m}, acc_opts),
                        at::empty({plan.rows, d + 2}, acc_opts),
-                       (convert && kTransposed) ? at::empty({plan.rows, c}, acc_opts) : at::Tensor()};
+                       (convert && kTransposed) ? at::empty({plan.rows, third_cols}, acc_opts) : at::Tensor()};
       },
       [&](Scratch& buf, int64_t task) {
         const int64_t b = task / plan.chunks, ch = task % plan.chunks;
@@ -253,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& q
           dq_b.narrow(0, n0, rows).copy_(dq_rows);
           part_k_bc.addmm_(g.t(), qa);
           if constexpr (kTransposed) {
-            mm_into_rows(dx[b].narrow(0, n0, rows), a, y_b, buf.dx);
+            mm_into_rows(dx[b].narrow(0, n0, rows), a, y_b.narrow(1, 0, third_cols), buf.dx);
           } else {
             part_x[b][ch].addmm_(a.t(), x_rows);
           }
@@ -271,14 +271,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
                                                                         const at::Tensor& centre,
                                                                         const at::Tensor& v,
                                                                         const at::Tensor& grad_out) {
-  return backward_impl<true>(q, k, centre, v, grad_out);
+  return backward_impl<true>(q, k, centre, v, grad_out, grad_out.size(2));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward_cols(const at::Tensor& q, const at::Tensor& k,
+                                                                             const at::Tensor& centre,
+                                                                             const at::Tensor& v,
+                                                                             const at::Tensor& grad_out,
+                                                                             int64_t dv_cols) {
+  return backward_impl<true>(q, k, centre, v, grad_out, dv_cols);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,
                                                                       const at::Tensor& centre,
                                                                       const at::Tensor& w,
                                                                       const at::Tensor& grad_out) {
-  return backward_impl<false>(q, k, centre, grad_out, w);
+  return backward_impl<false>(q, k, centre, grad_out, w, /*third_cols=*/0);
 }
 
 const KernelOps kOps{&kernel_t_matmul_forward, &kernel_matmul_forward, &kernel_t_matmul_backward,
