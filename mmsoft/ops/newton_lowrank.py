@@ -64,6 +64,69 @@ LOWRANK_TOLERANCE = 1e-5
 _F_PEAK = 0.6382
 
 
+#: Largest float64 row block (bytes, all matrices of a call) of :class:`Float64Matrix`.
+FLOAT64_BLOCK_BYTES = 16 << 20
+
+
+class Float64Matrix:
+    """Symmetric matrices ``(..., m, m)`` read in float64: every float64 operation of the solver goes through here.
+
+    A float64 tensor is used as it is, and so is a float32 one converted once where the conversion is cheap (CUDA's
+    caching allocator, ``torch.compile``). Eagerly on the CPU a float32 ``mat`` is instead read a block of rows at a
+    time (at most :data:`FLOAT64_BLOCK_BYTES`, one buffer reused by every block): a whole float64 copy is a fresh
+    allocation the size of ``mat`` twice over, and on the CPU its first touch (page faults) costs ~10x the copy
+    itself (10 heads x 1,050^2: 38 ms instead of 3 ms, one thread; 10 x 3,840^2: 0.53 s) in forward and again in
+    backward. The values are the same either way: float64 products of the exactly converted float32 entries.
+    """
+
+    def __init__(self, mat: Tensor):
+        self.mat = mat
+        self.shape = mat.shape
+        blocked = mat.dtype != torch.float64 and mat.device.type == "cpu" and not torch.compiler.is_compiling()
+        self._whole = None if blocked else mat.to(torch.float64)
+
+    def whole(self) -> Tensor:
+        """The whole float64 matrix (a copy for a float32 ``mat``: the eigendecomposition fallback needs it)."""
+        return self._whole if self._whole is not None else self.mat.to(torch.float64)
+
+    def _row_blocks(self):
+        """``(start, stop, block)``: float64 copies of consecutive row blocks ``mat[..., start:stop, :]``."""
+        m = self.shape[-1]
+        per_row = max(1, self.mat[..., :1, :].numel()) * 8
+        rows = max(1, min(m, FLOAT64_BLOCK_BYTES // per_row))
+        buffer = torch.empty((*self.shape[:-2], rows, m), dtype=torch.float64, device=self.mat.device)
+        for start in range(0, m, rows):
+            stop = min(m, start + rows)
+            block = buffer[..., :stop - start, :]
+            block.copy_(self.mat[..., start:stop, :])
+            yield start, stop, block
+
+    def matmul(self, y: Tensor) -> Tensor:
+        """``mat y`` in float64 for ``y (..., m, n)`` (float64)."""
+        if self._whole is not None:
+            return self._whole @ y
+        out = y.new_empty((*torch.broadcast_shapes(self.shape[:-2], y.shape[:-2]), self.shape[-2], y.shape[-1]))
+        for start, stop, block in self._row_blocks():
+            out[..., start:stop, :] = block @ y
+        return out
+
+    def row_sums_and_norms_sq(self) -> tuple[Tensor, Tensor]:
+        """Row sums and squared row norms ``(..., m)`` (float64)."""
+        if self._whole is not None:
+            return self._whole.sum(-1), torch.linalg.vector_norm(self._whole, dim=-1).square()
+        sums = self.mat.new_empty(self.shape[:-1], dtype=torch.float64)
+        norms_sq = torch.empty_like(sums)
+        for start, stop, block in self._row_blocks():
+            sums[..., start:stop] = block.sum(-1)
+            norms_sq[..., start:stop] = torch.linalg.vector_norm(block, dim=-1)
+        return sums, norms_sq.square_()
+
+
+def as_float64(mat64: Tensor | Float64Matrix) -> Float64Matrix:
+    """``mat64`` as a :class:`Float64Matrix` (a tensor is wrapped; a float64 one is not copied)."""
+    return mat64 if isinstance(mat64, Float64Matrix) else Float64Matrix(mat64)
+
+
 def _orthonormal(y: Tensor) -> Tensor:
     """An orthonormal basis of the columns of ``y (..., m, s)`` (Householder QR: orthonormal also when ``y`` is
     rank deficient)."""
@@ -124,12 +187,13 @@ class LowrankFactors(NamedTuple):
     tail_rhs: Tensor | None = None
 
 
-def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
+def lowrank_factors(mat: Tensor, mat64: Tensor | Float64Matrix, alpha: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
                     power_iters: int = LOWRANK_POWER_ITERS, iterate: tuple[Tensor, Tensor] | None = None,
                     mat_norm_sq: Tensor | None = None,
                     rhs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """``(Q, f(T), W, R, err, tail_rhs)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the
-    ``num_iters``-step Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64)
+    ``num_iters``-step Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64,
+    or its :class:`Float64Matrix`)
     with start ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of
     ``P`` (see the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s
     result and ``mat_norm_sq``: ``|mat64|_F^2 (...)``, when already computed (each is a pass over the ``m x m``
@@ -138,13 +202,14 @@ def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, r
     if power_iters < 1:
         raise ValueError(f"power_iters must be >= 1, got {power_iters}")
     _, y = iterate if iterate is not None else subspace_iteration(mat, rank, power_iters)
-    q = _orthonormal(mat64 @ _orthonormal(y.to(torch.float64)))  # the float64 step
+    mat64 = as_float64(mat64)
+    q = _orthonormal(mat64.matmul(_orthonormal(y.to(torch.float64))))  # the float64 step
     tail_rhs = None
     if rhs is None:
-        aq = mat64 @ q
+        aq = mat64.matmul(q)
     else:
         rhs = rhs.to(torch.float64)
-        both = mat64 @ torch.cat([q, rhs - q @ (q.transpose(-1, -2) @ rhs)], -1)
+        both = mat64.matmul(torch.cat([q, rhs - q @ (q.transpose(-1, -2) @ rhs)], -1))
         aq, tail_rhs = both[..., :q.shape[-1]], both[..., q.shape[-1]:]
     t = q.transpose(-1, -2) @ aq
     t = (t + t.transpose(-1, -2)) / 2
@@ -157,7 +222,9 @@ def lowrank_factors(mat: Tensor, mat64: Tensor, alpha: Tensor, num_iters: int, r
     lam_star = (math.ldexp(1.0, num_iters) * alpha[..., 0, 0]).rsqrt()
     norm = torch.linalg.matrix_norm
     if q.shape[-1] < mat.shape[-1]:
-        tail = _tail(norm(mat64).square() if mat_norm_sq is None else mat_norm_sq, aq, q) / lam_star
+        if mat_norm_sq is None:
+            mat_norm_sq = mat64.row_sums_and_norms_sq()[1].sum(-1)
+        tail = _tail(mat_norm_sq, aq, q) / lam_star
     else:
         tail = torch.zeros_like(lam_star)  # Q spans everything
     resid = norm(r) / lam_star
@@ -178,7 +245,7 @@ def eigh_factors(mat64: Tensor, alpha: Tensor, num_iters: int) -> tuple[Tensor, 
     return eigvecs, torch.where(finite, filt, math.nan)
 
 
-def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int = LOWRANK_RANK,
+def newton_lowrank_factors(mat: Tensor, mat64: Tensor | Float64Matrix, num_iters: int, rank: int = LOWRANK_RANK,
                            power_iters: int = LOWRANK_POWER_ITERS, tolerance: float = LOWRANK_TOLERANCE,
                            rhs: Tensor | None = None) -> LowrankFactors:
     """The factors of ``newton_pinv(mat, num_iters)`` for symmetric non-negative ``mat (..., m, m)`` (``mat64``: the
@@ -188,16 +255,19 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
     ``torch.compile`` (``torch.cond``). ``rhs (..., m, c)``: the factors also carry ``Ah Pi rhs`` (``tail_rhs``), so
     that :func:`apply_lowrank_factors` on that ``rhs`` makes no further pass over ``Ah``."""
     with torch.profiler.record_function(reference.LANDMARK_SOLVE_RANGE):
-        alpha = reference.newton_alpha(mat64)
+        mat64 = as_float64(mat64)
+        row_sums, row_norms_sq = mat64.row_sums_and_norms_sq()
+        # colsum(Ah Ah) = Ah (row sums of Ah): Ah is symmetric
+        alpha = reference.newton_alpha_from_sums(row_sums, row_norms_sq, mat64.matmul(row_sums.unsqueeze(-1))[..., 0])
         c = math.ldexp(1.0, num_iters) * alpha
         iterate = subspace_iteration(mat, rank, power_iters)
-        mat_norm_sq = torch.linalg.matrix_norm(mat64).square()
+        mat_norm_sq = row_norms_sq.sum(-1)
         eager = not torch.compiler.is_compiling() and mat.device.type != "meta"
-        if eager and iterate[0].shape[-1] < mat.shape[-1] and mat64.shape[:-2].numel() > 0:
+        if eager and iterate[0].shape[-1] < mat.shape[-1] and mat.shape[:-2].numel() > 0:
             # A flat spectrum shows already in the float32 iterate: skip the float64 steps when no matrix can pass.
             early = _tail(mat_norm_sq, iterate[1], iterate[0]) * c[..., 0, 0].sqrt()
             if not (early <= LOWRANK_EARLY_REJECT).any():
-                eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
+                eigvecs, filt = eigh_factors(mat64.whole(), alpha, num_iters)
                 every = torch.ones_like(early, dtype=torch.bool)
                 return LowrankFactors(None, None, None, None, c, every, eigvecs, filt)
         q, ft, w, r, err, tail_rhs = lowrank_factors(mat, mat64, alpha, num_iters, rank, power_iters, iterate,
@@ -212,17 +282,18 @@ def newton_lowrank_factors(mat: Tensor, mat64: Tensor, num_iters: int, rank: int
             def none_exact(mat64: Tensor, alpha: Tensor, exact: Tensor) -> tuple[Tensor, Tensor]:
                 return torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
 
-            eigvecs, filt = torch.cond(exact.any(), all_exact, none_exact, (mat64, alpha, exact))
+            eigvecs, filt = torch.cond(exact.any(), all_exact, none_exact, (mat64.whole(), alpha, exact))
         elif mat.device.type != "meta" and exact.all():  # flat spectra: no gather / scatter copies of m x m matrices
-            eigvecs, filt = eigh_factors(mat64, alpha, num_iters)
+            eigvecs, filt = eigh_factors(mat64.whole(), alpha, num_iters)
         elif mat.device.type != "meta" and exact.any():
-            eigvecs, filt = torch.zeros_like(mat64), mat64.new_zeros(mat64.shape[:-1])
+            whole = mat64.whole()
+            eigvecs, filt = torch.zeros_like(whole), whole.new_zeros(whole.shape[:-1])
             alpha_exact = alpha.expand(exact.shape + (1, 1))[exact]
-            eigvecs[exact], filt[exact] = eigh_factors(mat64[exact], alpha_exact, num_iters)
+            eigvecs[exact], filt[exact] = eigh_factors(whole[exact], alpha_exact, num_iters)
         return LowrankFactors(q, ft, w, r, c, exact, eigvecs, filt, tail_rhs)
 
 
-def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> Tensor:
+def apply_lowrank_factors(mat64: Tensor | Float64Matrix, factors: LowrankFactors, x: Tensor) -> Tensor:
     """``P x`` (float64) for ``x (..., m, c)`` from :func:`newton_lowrank_factors` of ``mat64`` (built with
     ``rhs=x`` when ``factors.tail_rhs`` is set: it then stands for ``Ah Pi x``)."""
     x = x.to(torch.float64)
@@ -231,7 +302,7 @@ def apply_lowrank_factors(mat64: Tensor, factors: LowrankFactors, x: Tensor) -> 
         return vecs @ (factors.filt.to(torch.float64).unsqueeze(-1) * (vecs.transpose(-1, -2) @ x))
     q, r = factors.q, factors.r
     qx, rx = q.transpose(-1, -2) @ x, r.transpose(-1, -2) @ x
-    tail = mat64 @ (x - q @ qx) if factors.tail_rhs is None else factors.tail_rhs
+    tail = as_float64(mat64).matmul(x - q @ qx) if factors.tail_rhs is None else factors.tail_rhs
     tail = tail - q @ (q.transpose(-1, -2) @ tail)
     out = q @ (factors.ft @ qx + factors.w @ rx) + r @ (factors.w @ qx) + factors.c * tail
     if factors.eigvecs is not None:
@@ -253,7 +324,7 @@ class NewtonLowrankApply(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mat: Tensor, x: Tensor, num_iters: int) -> Tensor:  # type: ignore[override]
-        mat64 = mat.to(torch.float64)
+        mat64 = Float64Matrix(mat)
         # the module's settings at call time (tests and experiments change them)
         factors = newton_lowrank_factors(mat, mat64, num_iters, LOWRANK_RANK, LOWRANK_POWER_ITERS, LOWRANK_TOLERANCE,
                                          rhs=x)
@@ -272,7 +343,7 @@ class NewtonLowrankApply(torch.autograd.Function):
             p_grad = NewtonLowrankApply.apply(mat, grad, ctx.num_iters)
         else:  # P is symmetric: P^T g = P g
             factors = LowrankFactors(*saved) if ctx.has_eigh else LowrankFactors(*saved, None, None)
-            p_grad = apply_lowrank_factors(mat.to(torch.float64), factors, grad).to(grad.dtype)
+            p_grad = apply_lowrank_factors(Float64Matrix(mat), factors, grad).to(grad.dtype)
         return reference.pinv_apply_backward(p_grad, out), p_grad, None
 
 

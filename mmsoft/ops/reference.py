@@ -87,13 +87,23 @@ def newton_alpha(mat: Tensor) -> Tensor:
     """
     if mat.dim() < 2 or mat.shape[-1] != mat.shape[-2]:
         raise ValueError(f"newton_alpha expects square matrices (..., m, m), got shape {tuple(mat.shape)}")
-    groups = mat.shape[0] if mat.dim() > 2 else 1
-    per_group = math.prod(mat.shape[1:-2]) if mat.dim() > 2 else 1
-    grouped = mat.reshape(groups, per_group, mat.shape[-2], mat.shape[-1])              # (G, R, m, m)
-    r = grouped.sum(-1).amax(-1).amax(-1).clamp_min(torch.finfo(mat.dtype).tiny)        # (G,)
-    diag_s = torch.linalg.vector_norm(grouped, dim=-1).square()                         # (G, R, m): S_jj
-    col_s = (grouped.sum(-2).unsqueeze(-2) @ grouped).squeeze(-2)                       # (G, R, m): colsum(S)_j
-    halvings = torch.arange(NEWTON_MAX_HALVINGS + 1, dtype=mat.dtype, device=mat.device)
+    row_sums = mat.sum(-1)
+    col_s = (mat.sum(-2).unsqueeze(-2) @ mat).squeeze(-2)
+    return newton_alpha_from_sums(row_sums, torch.linalg.vector_norm(mat, dim=-1).square(), col_s)
+
+
+def newton_alpha_from_sums(row_sums: Tensor, row_norms_sq: Tensor, col_s: Tensor) -> Tensor:
+    """:func:`newton_alpha` from the three ``O(m^2)`` reductions of the symmetric ``mat (..., m, m)`` it reads, each
+    ``(..., m)``: its row sums, squared row norms (``diag(mat mat)``) and ``colsum(mat mat)`` (``mat`` times its row
+    sums), for callers that compute them in another way (blockwise in float64:
+    :class:`mmsoft.ops.newton_lowrank.Float64Matrix`). Shape ``(..., 1, 1)``."""
+    lead, m = row_sums.shape[:-1], row_sums.shape[-1]
+    groups = lead[0] if lead else 1
+    per_group = math.prod(lead[1:]) if lead else 1
+    r = row_sums.reshape(groups, per_group * m).amax(-1).clamp_min(torch.finfo(row_sums.dtype).tiny)  # (G,)
+    diag_s = row_norms_sq.reshape(groups, per_group, m)                                 # (G, R, m): S_jj
+    col_s = col_s.reshape(groups, per_group, m)                                         # (G, R, m): colsum(S)_j
+    halvings = torch.arange(NEWTON_MAX_HALVINGS + 1, dtype=row_sums.dtype, device=row_sums.device)
     candidates = NEWTON_ALPHA_SCALE / r.square()[:, None] * torch.exp2(-halvings)       # (G, K+1)
     a = candidates[:, :, None, None]                                                     # (G, K+1, 1, 1)
     col_sums = (1 - a * diag_s[:, None]).abs() + a * (col_s - diag_s)[:, None]           # (G, K+1, R, m)
@@ -101,7 +111,6 @@ def newton_alpha(mat: Tensor) -> Tensor:
     # The reference halves while the bound fails: the number of leading failures (at most K) picks the candidate.
     chosen = too_large[:, :NEWTON_MAX_HALVINGS].to(torch.int64).cumprod(-1).sum(-1)      # (G,)
     alpha = candidates.gather(1, chosen[:, None]).squeeze(1)                            # (G,)
-    lead = mat.shape[:-2]
     alpha = alpha.view(groups, *([1] * (len(lead) - 1))) if lead else alpha.view(())
     return alpha.expand(lead)[..., None, None]
 

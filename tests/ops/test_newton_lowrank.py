@@ -241,3 +241,25 @@ def test_tail_from_the_factor_gemm_equals_a_separate_pass():
     assert with_rhs.tail_rhs is not None and without.tail_rhs is None and not with_rhs.exact.any()
     got, want = nl.apply_lowrank_factors(mat, with_rhs, x), nl.apply_lowrank_factors(mat, without, x)
     assert torch.allclose(got, want, rtol=0, atol=1e-13 * want.abs().max().item())
+
+
+def test_float64_matrix_blocks_read_the_same_values(monkeypatch):
+    """Float64Matrix of a float32 CPU matrix reads it a row block at a time (here blocks of 7 rows, a partial last
+    one): products, row sums and squared row norms equal those of the whole float64 copy, as does the solver's
+    result; a float64 matrix is used as it is (no copy)."""
+    monkeypatch.setattr(nl, "FLOAT64_BLOCK_BYTES", 2 * 3 * 120 * 8 * 7)  # (2, 3) matrices of m = 120: 7 rows
+    k = landmarks(2, 120, 0.15, seed=4).expand(2, 3, 120, 4).float()
+    mat = gaussian_kernel(k, k)
+    blocked, whole = nl.Float64Matrix(mat), mat.double()
+    assert blocked._whole is None
+    y = torch.randn(2, 3, 120, 9, dtype=torch.float64)
+    assert torch.allclose(blocked.matmul(y), whole @ y, rtol=1e-14, atol=1e-14)
+    sums, norms_sq = blocked.row_sums_and_norms_sq()
+    assert torch.allclose(sums, whole.sum(-1), rtol=1e-14, atol=0)
+    assert torch.allclose(norms_sq, whole.square().sum(-1), rtol=1e-14, atol=0)
+    assert torch.equal(blocked.whole(), whole)
+    x = torch.randn(2, 3, 120, 5)
+    got = nl.apply_lowrank_factors(blocked, nl.newton_lowrank_factors(mat, blocked, 20, rank=24, rhs=x), x)
+    want = nl.apply_lowrank_factors(whole, nl.newton_lowrank_factors(mat, whole, 20, rank=24, rhs=x), x)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12 * want.abs().max().item())
+    assert nl.Float64Matrix(whole).whole() is whole
