@@ -58,7 +58,7 @@ def test_core_count_equals_formula(impl, sym_norm, num_iters):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_soft_attention_module_count(impl):
     b, dims, heads, sr, conv, (h, w) = 2, 64, 2, 4, 5, (16, 24)
-    attn = SOFTAttention(dims, heads, sr, conv, attn_impl=impl).eval()
+    attn = SOFTAttention(dims, heads, sr, conv, attn_impl=impl, landmark_solver="newton").eval()
 
     class Wrapped(nn.Module):
         def __init__(self) -> None:
@@ -97,6 +97,8 @@ def test_skipping_newton_iterations_counts_the_same():
     fast = count_flops(model, (images,))
     assert fast.total() == exact.total() and fast.by_operator() == exact.by_operator()
     assert {m.newton_iters for m in model.modules() if isinstance(m, SOFTAttention)} == {20}  # restored
+    # the default 'auto' is counted as 'newton' (the published computation), then restored
+    assert {m.landmark_solver for m in model.modules() if isinstance(m, SOFTAttention)} == {"auto"}
     # grids 16x24, 8x12, 4x6 at sr 8, 4, 2: 6 landmarks per head in every SOFT stage; 2*1 + 4*2 + 10*3 heads
     assert exact.by_operator()["newton_pinv"] == 40 * newton_pinv_flops(6, 20)
 

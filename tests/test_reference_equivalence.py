@@ -89,8 +89,9 @@ def test_init_cfg_pretrained_reproduces_reference_stage_maps(weights, tmp_path):
     assert max(errors32) < 1e-3, errors32
 
 
-@pytest.mark.parametrize("solver", ["newton_eigh", "newton_thin"])
+@pytest.mark.parametrize("solver", ["newton", "newton_eigh", "newton_thin", "newton_lowrank"])
 def test_faithful_solvers_reproduce_reference_stage_maps(solver):
+    """Every faithful solver, named explicitly (the default 'auto' is 'newton_lowrank' on the CPU)."""
     state = seeded_reference_state_dict("soft_norm_tiny", SEED)
     backbone = build("soft_norm_tiny", landmark_solver=solver)
     backbone.load_state_dict(soft_convert(state), strict=True)
@@ -111,7 +112,7 @@ def test_goldens_discriminate_the_newton_start(monkeypatch):
         return mat.sum(-1).amax(-1).pow(-2)[..., None, None]
 
     monkeypatch.setattr(reference, "newton_alpha", per_matrix_alpha)
-    backbone = build("soft_norm_tiny")
+    backbone = build("soft_norm_tiny", landmark_solver="newton")  # the literal iterations, which read newton_alpha
     backbone.load_state_dict(soft_convert(state), strict=True)
     errors = stage_errors(backbone, "soft_norm_tiny", torch.float64)
     assert min(errors) > 1e-2, errors

@@ -113,7 +113,8 @@ def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_i
     ``q`` is used as given (the caller applies the ``d^-1/4`` scale). ``impl`` selects the backend (:data:`IMPLS`):
     ``'auto'`` (extension when it can run the inputs, else reference), ``'ext'`` or ``'reference'``.
     ``solver`` evaluates ``P . (A^T v)``: a key of :data:`mmsoft.ops.landmark_solvers.SOLVERS` (``'newton'``, the
-    published computation, by default); ``num_iters`` is its Newton-Schulz step count.
+    published computation, by default) or ``'auto'`` (by device, :func:`mmsoft.ops.landmark_solvers.resolve_solver`,
+    the backbone's default); ``num_iters`` is its Newton-Schulz step count.
     ``landmark_mask`` (bool, broadcastable to ``k.shape[:-1]``; None = all landmarks): False landmarks take no part,
     their rows and columns of ``P`` are zero (see :func:`~mmsoft.ops.landmark_solvers.landmark_operator`). Tokens to
     leave out of ``A^T v`` need zero rows in ``v``.
@@ -125,6 +126,7 @@ def soft_attention(q: Tensor, k: Tensor, v: Tensor, sym_norm: bool = True, num_i
     landmark_solvers.check_solver(solver)
     landmark_solvers.check_num_iters(num_iters)
     _check_inputs(q, k, v)
+    solver = landmark_solvers.resolve_solver(solver, q.device.type)
     backend = _choose_backend(impl, q, k, v)
 
     def make_operator(landmarks: Tensor) -> landmark_solvers.Operator:

@@ -5,6 +5,11 @@ plus :func:`mmsoft.ops.flops.soft_flop_handles` for the ops the generic counter 
 at detection size runs the 20 Newton-Schulz iterations of every head and layer (about 80 m^3 FLOPs each, m ~ 1000
 landmarks): minutes on a CPU. By default the trace therefore runs them with 0 iterations and the handle counts the
 configured number (``exact_newton=True`` runs them; the counts are the same, see tests/test_flops.py).
+
+Layers with the default ``landmark_solver='auto'`` are counted as ``'newton'``, the published computation: ``'auto'``
+resolves by device (``'newton_lowrank'`` on the CPU, where the trace runs), which would make a model's count depend on
+where it is counted and, through the certificate's fallbacks, on the input. A solver named in the config is counted as
+configured.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from torch import nn
 
 from mmsoft.models.layers import SOFTAttention
 from mmsoft.ops.flops import soft_flop_handles
+from mmsoft.ops.landmark_solvers import AUTO_SOLVER
 from mmsoft.utils.channel_check import model_input_channels
 
 
@@ -45,10 +51,24 @@ def newton_iterations_skipped(model: nn.Module) -> Iterator[int | None]:
             m.newton_iters = iters
 
 
+@contextlib.contextmanager
+def auto_solver_counted_as_newton(model: nn.Module) -> Iterator[None]:
+    """Run ``model``'s SOFT attention layers configured with ``landmark_solver='auto'`` with ``'newton'`` inside the
+    block (see the module docstring), restoring ``'auto'`` after it."""
+    modules = [m for m in _soft_attention_modules(model) if m.landmark_solver == AUTO_SOLVER]
+    for m in modules:
+        m.landmark_solver = "newton"
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.landmark_solver = AUTO_SOLVER
+
+
 def count_flops(model: nn.Module, inputs: tuple, exact_newton: bool = False) -> FlopAnalyzer:
     """A finished :class:`FlopAnalyzer` of ``model(*inputs)`` with mmsoft's op handles (totals already computed)."""
     context = contextlib.nullcontext(None) if exact_newton else newton_iterations_skipped(model)
-    with context as iters, torch.no_grad():
+    with auto_solver_counted_as_newton(model), context as iters, torch.no_grad():
         analyzer = FlopAnalyzer(model, inputs)
         analyzer.set_op_handle(**soft_flop_handles(newton_iters=iters))
         analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)

@@ -6,7 +6,14 @@ from utils import landmark_solve, rel_err
 
 from mmsoft.models.backbones.soft import SOFT
 from mmsoft.ops import landmark_inverse, soft_attention
-from mmsoft.ops.landmark_solvers import CHOLESKY_EPS, SOLVERS, newton_filter, ridge_cholesky_solve
+from mmsoft.ops.landmark_solvers import (
+    CHOLESKY_EPS,
+    SOLVERS,
+    LandmarkSolver,
+    newton_filter,
+    resolve_solver,
+    ridge_cholesky_solve,
+)
 from mmsoft.ops.reference import gaussian_kernel
 
 
@@ -178,10 +185,34 @@ def test_cholesky_failure_is_per_matrix_and_finite():
 
 def test_bad_solver_values():
     q, k, v = torch.randn(1, 6, 4), torch.randn(1, 3, 4), torch.randn(1, 6, 4)
-    with pytest.raises(ValueError, match="landmark solver must be one of"):
+    with pytest.raises(ValueError, match="landmark solver must be 'auto' or one of"):
         soft_attention(q, k, v, solver="pinv")
-    with pytest.raises(ValueError, match="landmark solver must be one of"):
+    with pytest.raises(ValueError, match="landmark solver must be 'auto' or one of"):
         SOFT(arch="tiny", landmark_solver="Cholesky")
+
+
+def test_auto_solver_is_newton_lowrank_on_the_cpu_newton_elsewhere(monkeypatch):
+    """The backbone's default 'auto' resolves by the input's device (one rule: resolve_solver); on the CPU the
+    attention layers of a default SOFT run 'newton_lowrank' and nothing else; soft_attention(solver='auto') gives
+    what the resolved solver gives."""
+    assert resolve_solver("auto", "cpu") == "newton_lowrank"
+    assert resolve_solver("auto", "cuda") == "newton"
+    assert all(resolve_solver(name, "cpu") == name for name in SOLVERS)
+    calls = {name: 0 for name in SOLVERS}
+    for name, entry in list(SOLVERS.items()):
+        def counted(mat, x, num_iters, _name=name, _apply=entry.apply):
+            calls[_name] += 1
+            return _apply(mat, x, num_iters)
+
+        monkeypatch.setitem(SOLVERS, name, LandmarkSolver(apply=counted))  # no dense inverse: every call counted
+    net = SOFT(arch="tiny", out_indices=(0,))
+    assert {m.landmark_solver for m in net.modules() if hasattr(m, "landmark_solver")} == {"auto"}
+    with torch.no_grad():
+        net(torch.randn(1, 3, 64, 64))
+    assert calls["newton_lowrank"] == 1 and sum(calls.values()) == 1  # stage 1 has one SOFT block
+    q, k, v = torch.randn(2, 40, 8), torch.randn(2, 10, 8) * 0.5, torch.randn(2, 40, 8)
+    assert torch.equal(soft_attention(q, k, v, impl="reference", solver="auto"),
+                       soft_attention(q, k, v, impl="reference", solver="newton_lowrank"))
 
 
 @pytest.mark.parametrize("solver", ["newton_thin", "newton_eigh", "cholesky"])

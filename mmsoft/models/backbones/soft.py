@@ -119,9 +119,11 @@ class SOFT(BaseModule):
         drop_path_rate: stochastic depth, increasing linearly over all blocks.
         newton_iters: Newton-Schulz iterations for the pseudo-inverse (20 in the paper).
         attn_impl: backend of the attention core, see :func:`mmsoft.ops.soft_attention`.
-        landmark_solver: how the pseudo-inverse of the landmark kernel is applied, a key of
-            :data:`mmsoft.ops.landmark_solvers.SOLVERS`: ``'newton'`` (default, the published ``newton_iters``
-            Newton-Schulz steps), ``'newton_eigh'`` (the same function in closed form through a float64
+        landmark_solver: how the pseudo-inverse of the landmark kernel is applied: ``'auto'`` (default:
+            ``'newton_lowrank'`` on the CPU, ``'newton'`` on CUDA, chosen per call by the input's device,
+            :func:`mmsoft.ops.landmark_solvers.resolve_solver`) or a key of
+            :data:`mmsoft.ops.landmark_solvers.SOLVERS`: ``'newton'`` (the published ``newton_iters`` Newton-Schulz
+            steps, literally: the reference), ``'newton_eigh'`` (the same function in closed form through a float64
             eigendecomposition), ``'newton_thin'`` (the same function with half the forward GEMMs),
             ``'newton_lowrank'`` (the same function from a certified rank-64 subspace, eigendecomposition where the
             certificate fails: the fastest faithful choice for CPU inference with trained weights) or ``'cholesky'``
@@ -167,7 +169,7 @@ class SOFT(BaseModule):
     def __init__(self, arch: str | dict = "tiny", sym_norm: bool = True, in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
-                 newton_iters: int = 20, attn_impl: str = "auto", landmark_solver: str = "newton",
+                 newton_iters: int = 20, attn_impl: str = "auto", landmark_solver: str = "auto",
                  with_cls_token: bool = False, mask_zero_padding: bool = True, pretrain_img_size: int = 224,
                  norm_cfg: dict | None = None, pretrained: str | None = None,
                  init_cfg: dict | list | None = None) -> None:

@@ -25,9 +25,11 @@ class SOFTAttention(nn.Module):
         sym_norm: True for SOFT-Norm (symmetric normalisation of the pseudo-inverse).
         newton_iters: Newton-Schulz iterations of the pseudo-inverse (int >= 0).
         attn_impl: backend of :func:`mmsoft.ops.soft_attention` (:data:`mmsoft.ops.dispatch.IMPLS`).
-        landmark_solver: how ``P . (A^T V)`` is evaluated, a key of :data:`mmsoft.ops.landmark_solvers.SOLVERS`:
-            ``'newton'`` (faithful), ``'newton_eigh'`` / ``'newton_thin'`` / ``'newton_lowrank'`` (the same function
-            evaluated otherwise) or ``'cholesky'`` (exact ridge solve).
+        landmark_solver: how ``P . (A^T V)`` is evaluated: ``'auto'`` (default: by device,
+            :func:`mmsoft.ops.landmark_solvers.resolve_solver`) or a key of
+            :data:`mmsoft.ops.landmark_solvers.SOLVERS`: ``'newton'`` (faithful, literally), ``'newton_eigh'`` /
+            ``'newton_thin'`` / ``'newton_lowrank'`` (the same function evaluated otherwise) or ``'cholesky'``
+            (exact ridge solve).
 
     Raises ``ValueError`` for an unknown ``attn_impl`` / ``landmark_solver``, a negative ``newton_iters`` or
     ``embed_dims`` not divisible by ``num_heads`` (the same checks :func:`mmsoft.ops.soft_attention` makes per call).
@@ -35,7 +37,7 @@ class SOFTAttention(nn.Module):
 
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
                  sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto",
-                 landmark_solver: str = "newton") -> None:
+                 landmark_solver: str = "auto") -> None:
         super().__init__()
         check_solver(landmark_solver)
         check_num_iters(newton_iters)

@@ -14,7 +14,7 @@ class SOFTBlock(nn.Module):
     def __init__(self, embed_dims: int, num_heads: int, sr_ratio: int, conv_size: int,
                  mlp_ratio: float = 4.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  sym_norm: bool = True, newton_iters: int = 20, attn_impl: str = "auto",
-                 landmark_solver: str = "newton") -> None:
+                 landmark_solver: str = "auto") -> None:
         super().__init__()
         self.attn = SOFTAttention(embed_dims, num_heads, sr_ratio, conv_size, sym_norm=sym_norm,
                                   newton_iters=newton_iters, attn_impl=attn_impl,
