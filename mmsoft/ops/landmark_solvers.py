@@ -15,7 +15,8 @@ threshold ``1 / sqrt(2^k alpha)`` is ``r / 2^((21 - h) / 2)`` for 20 steps; on r
 so only eigenvalues above about ``r / 100`` are inverted while the landmark kernel's spectrum reaches far below:
 the published models compute this spectral filter, not ``Ah^-1``, and the start decides which filter.
 
-* ``'newton'`` (default, the published computation, literally): ``num_iters`` Newton-Schulz steps form ``P``
+* ``'newton'`` (the default of ``soft_attention``, and the backbone's on CUDA through ``'auto'``: the published
+  computation, literally): ``num_iters`` Newton-Schulz steps form ``P``
   (batched fp32 GEMMs, ``2 num_iters m^3`` MACs per head, closed-form backward), then ``P x``.
 * ``'newton_eigh'``: the same function, evaluated exactly: ``Ah = U diag(lam) U^T`` by a float64 symmetric
   eigendecomposition (``torch.linalg.eigh``, ~``4.5 m^3`` MACs), then ``P x = U (f(lam) * (U^T x))``. No iterations,
@@ -26,7 +27,8 @@ the published models compute this spectral filter, not ``Ah^-1``, and the start 
   (2I - S_j)`` with ``S_0 = alpha Ah^2``, ``S_{j+1} = 2 S_j - S_j^2`` (``S_j = Ah V_j``), the factors ``(2I - S_j)``
   applied to ``x`` (``m x c``) instead of multiplied into ``P``: ``num_iters`` ``m x m`` GEMMs instead of
   ``2 num_iters``, but fp32 rounding in the residual chain grows with the kernel's conditioning.
-* ``'newton_lowrank'``: the same function as ``Q f(T) Q^T`` plus coupling plus ``c Pi Ah Pi`` from a rank-64
+* ``'newton_lowrank'`` (the backbone's default on the CPU through ``'auto'``, :func:`resolve_solver`): the same
+  function as ``Q f(T) Q^T`` plus coupling plus ``c Pi Ah Pi`` from a rank-64
   subspace (``O(m^2 s)``), certified per matrix, the exact float64 ``eigh`` where not; see
   :mod:`mmsoft.ops.newton_lowrank`.
 * ``'cholesky'``: ``(Ah + eps I) Y = X`` by a Cholesky factorisation in float64 (``m^3 / 3`` MACs plus ``2 m^2 c``
