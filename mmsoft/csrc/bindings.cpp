@@ -133,11 +133,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_t_matmul_backward(const at
   const int64_t c = v.size(2);
   TORCH_CHECK(dv_cols == -1 || (dv_cols >= 1 && dv_cols <= c), op, ": dv_cols must be -1 (all) or in [1, c = ", c,
               "], got ", dv_cols);
-  if (dv_cols == -1 || dv_cols == c) return ops_for(op, q).t_matmul_backward(q, k, landmark_centre(k), v, grad_out);
-  if (q.is_cpu()) return cpu::kernel_t_matmul_backward_cols(q, k, landmark_centre(k), v, grad_out, dv_cols);
+  const int64_t cols = dv_cols == -1 ? c : dv_cols;
+  const auto centre = landmark_centre(k);
+  if (q.is_cpu()) return cpu::kernel_t_matmul_backward_cols(q, k, centre, v, grad_out, cols);
   // The CUDA kernels compute every column of dv; the others are dropped here.
-  auto grads = ops_for(op, q).t_matmul_backward(q, k, landmark_centre(k), v, grad_out);
-  return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads).narrow(2, 0, dv_cols).contiguous()};
+  auto grads = ops_for(op, q).t_matmul_backward(q, k, centre, v, grad_out);
+  if (cols == c) return grads;
+  return {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads).narrow(2, 0, cols).contiguous()};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_matmul_backward(const at::Tensor& q, const at::Tensor& k,

@@ -94,7 +94,7 @@ class Float64Matrix:
     def _row_blocks(self):
         """``(start, stop, block)``: float64 copies of consecutive row blocks ``mat[..., start:stop, :]``."""
         m = self.shape[-1]
-        per_row = max(1, self.mat[..., :1, :].numel()) * 8
+        per_row = max(1, math.prod(self.shape[:-2]) * m) * 8  # bytes of one row of every matrix, in float64
         rows = max(1, min(m, FLOAT64_BLOCK_BYTES // per_row))
         buffer = torch.empty((*self.shape[:-2], rows, m), dtype=torch.float64, device=self.mat.device)
         for start in range(0, m, rows):
@@ -195,12 +195,11 @@ def lowrank_factors(mat: Tensor, mat64: Tensor | Float64Matrix, alpha: Tensor, n
                     rhs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """``(Q, f(T), W, R, err, tail_rhs)`` of the low-rank evaluation (see :class:`LowrankFactors`) of the
     ``num_iters``-step Newton-Schulz function of the symmetric ``mat (..., m, m)`` (``mat64``: the same in float64,
-    or its :class:`Float64Matrix`)
-    with start ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``: the estimated relative error of
-    ``P`` (see the module docstring; NaN or inf for a non-finite ``mat``). ``iterate``: :func:`subspace_iteration`'s
-    result and ``mat_norm_sq``: ``|mat64|_F^2 (...)``, when already computed (each is a pass over the ``m x m``
-    matrices). ``rhs (..., m, c)``: also ``tail_rhs = mat64 Pi rhs``, from the GEMM that forms ``mat64 Q`` (else
-    None)."""
+    or its :class:`Float64Matrix`) with start ``alpha (..., 1, 1)``, all float64, and its certificate ``err (...)``:
+    the estimated relative error of ``P`` (see the module docstring; NaN or inf for a non-finite ``mat``).
+    ``iterate``: :func:`subspace_iteration`'s result and ``mat_norm_sq``: ``|mat64|_F^2 (...)``, when already computed
+    (each is a pass over the ``m x m`` matrices). ``rhs (..., m, c)``: also ``tail_rhs = mat64 Pi rhs``, from the GEMM
+    that forms ``mat64 Q`` (else None)."""
     if power_iters < 1:
         raise ValueError(f"power_iters must be >= 1, got {power_iters}")
     _, y = iterate if iterate is not None else subspace_iteration(mat, rank, power_iters)

@@ -115,8 +115,9 @@ Path path() {
   return chosen;
 }
 
-// Runs `loop` on a; false when the loop does not take a (not float32 contiguous, or no vector loops in this build).
-bool run_loop(at::Tensor& a, Path loop) {
+// clamped_exp_ by `loop`; ATen's clamp_ + exp_ where the loop does not take a (not float32 contiguous, the ATen
+// path, or no vector loops in this build).
+void run_loop(at::Tensor& a, Path loop) {
 #ifdef MMSOFT_X86_VECTOR_EXP
   if (a.scalar_type() == at::kFloat && a.is_contiguous() && loop != Path::kAten) {
     const float floor = static_cast<float>(exp_floor_of(a.scalar_type()));
@@ -125,12 +126,11 @@ bool run_loop(at::Tensor& a, Path loop) {
     } else {
       clamped_exp_avx2(a.data_ptr<float>(), a.numel(), floor);
     }
-    return true;
+    return;
   }
 #endif
-  (void)a;
   (void)loop;
-  return false;
+  a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
 }
 
 const char* path_name(Path loop) {
@@ -146,9 +146,7 @@ const char* path_name(Path loop) {
 
 }  // namespace
 
-void clamped_exp_(at::Tensor& a) {
-  if (!run_loop(a, path())) a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
-}
+void clamped_exp_(at::Tensor& a) { run_loop(a, path()); }
 
 const char* clamped_exp_path() { return path_name(path()); }
 
@@ -158,7 +156,7 @@ void clamped_exp_by_(at::Tensor& a, const std::string& loop) {
     // A wider loop than detected is refused; a narrower one runs (AVX-512F CPUs have AVX2 and FMA).
     TORCH_CHECK(static_cast<int>(candidate) >= static_cast<int>(path()), "mmsoft clamped_exp: this CPU cannot run the ",
                 loop, " loop (it runs ", path_name(path()), ")");
-    if (!run_loop(a, candidate)) a.clamp_(exp_floor_of(a.scalar_type()), 0).exp_();
+    run_loop(a, candidate);
     return;
   }
   TORCH_CHECK(false, "mmsoft clamped_exp: loop must be 'auto', 'avx512', 'avx2' or 'aten', got '", loop, "'");
